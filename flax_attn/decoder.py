@@ -1,0 +1,217 @@
+"""Decoder: attention -> GRU on [embedding; context] -> Dense([s; c; embedding]).
+
+One step, from the previous state `s` and the previous token `y`:
+
+  c, a = attention(s, memory)                 (query W s, keys U h_j hoisted)
+  s'   = GRU(s, [emb(y); c])                  (emb(y) W_ie hoisted when known)
+  logits = Dense([s'; c; emb(y)])
+
+Under full teacher forcing every input token is known in advance, so the
+embedding's share of the GRU input gates is one matmul over the whole target
+before the scan and the output projection is one matmul after it; only the
+attention and the recurrence run inside the `nn.scan`. With a
+teacher-forcing ratio below 1 (scheduled sampling) the next input depends on
+the previous prediction, so the projection and argmax run inside the scan.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flax_attn.attention import AdditiveAttention, attend, mask_bias
+from flax_attn.config import Seq2SeqConfig
+from flax_attn.gru import GRUCell, dense, gru_update, weight_init
+
+
+class DecoderCache(NamedTuple):
+  """Per-sentence tensors the decoder reuses at every step.
+
+  memory: `[batch, src_len, 2*enc_hidden]` encoder states.
+  keys: `[batch, src_len, attn]` projected keys `U h_j + b`.
+  bias: `[batch, src_len]` additive mask (0 real, large negative padding).
+  """
+
+  memory: jax.Array
+  keys: jax.Array
+  bias: jax.Array
+
+
+class _StepWeights(NamedTuple):
+  """The arrays one decoder step reads (broadcast into the scan)."""
+
+  w_query: jax.Array      # [dec_hidden, attn]
+  v: jax.Array            # [attn]
+  w_hh: jax.Array         # [dec_hidden, 3*dec_hidden]
+  b_hh: jax.Array         # [3*dec_hidden]
+  w_ic: jax.Array         # [2*enc_hidden, 3*dec_hidden], context rows of W_ih
+  w_ie: jax.Array         # [emb, 3*dec_hidden], embedding rows of W_ih
+  b_ih: jax.Array         # [3*dec_hidden]
+  w_out: jax.Array        # [dec_hidden + 2*enc_hidden + emb, trg_vocab]
+  b_out: jax.Array        # [trg_vocab]
+  embedding: jax.Array    # [trg_vocab, emb]
+
+
+def _recur(w: _StepWeights, cache: DecoderCache, s_BxH, gi_emb_Bx3H, dtype):
+  """Attention on `s`, then the GRU update: returns (s', context, weights)."""
+  query = dense(s_BxH, w.w_query, None, dtype)
+  gh = dense(s_BxH, w.w_hh, w.b_hh, dtype)
+  context, weights = attend(query, cache.keys, w.v, cache.memory, cache.bias, dtype)
+  gi = gi_emb_Bx3H + dense(context, w.w_ic, None, dtype)
+  return gru_update(gi, gh, s_BxH), context, weights
+
+
+def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype):
+  """A whole step from an embedded input: returns (s', logits, weights)."""
+  gi_emb = dense(emb_BxE, w.w_ie, w.b_ih, dtype)
+  s_new, context, weights = _recur(w, cache, s_BxH, gi_emb, dtype)
+  features = jnp.concatenate([s_new, context, emb_BxE.astype(jnp.float32)], axis=-1)
+  return s_new, dense(features, w.w_out, w.b_out, dtype), weights
+
+
+class _TeacherForcedBody(nn.Module):
+  """Scan body under full teacher forcing: `gi_emb` arrives precomputed."""
+
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, s_BxH, gi_emb_Bx3H, consts):
+    w, cache = consts
+    s_new, context, weights = _recur(w, cache, s_BxH, gi_emb_Bx3H, self.dtype)
+    return s_new, (s_new, context, weights)
+
+
+class _SampledBody(nn.Module):
+  """Scan body with scheduled sampling: feeds back its own argmax where the
+  per-(row, step) coin says so; the embedding-dropout mask is precomputed."""
+
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, carry, xs, consts):
+    s_BxH, prev_pred_B = carry
+    token_B, teacher_B, keep_BxE = xs
+    w, cache = consts
+    y_B = jnp.where(teacher_B, token_B, prev_pred_B)
+    emb = jnp.take(w.embedding, y_B, axis=0).astype(jnp.float32) * keep_BxE
+    s_new, logits, weights = _full_step(w, cache, s_BxH, emb, self.dtype)
+    pred_B = jnp.argmax(logits, axis=-1).astype(token_B.dtype)
+    return (s_new, pred_B), (logits, weights)
+
+
+class Decoder(nn.Module):
+  """The attention decoder.
+
+  Parameters: `embedding/embedding [trg_vocab, emb]`, `attention/...` (see
+  `AdditiveAttention`), `gru/...` (a `GRUCell` whose input is
+  `[emb; context]`, in that order) and `out_kernel [dec_hidden +
+  2*enc_hidden + emb, trg_vocab]`, `out_bias` over `[s'; context; emb]`.
+  """
+
+  config: Seq2SeqConfig
+
+  def setup(self):
+    cfg = self.config
+    init = weight_init(cfg.init_std)
+    self.embedding = nn.Embed(cfg.trg_vocab_size, cfg.emb_dim, embedding_init=init,
+                              param_dtype=cfg.params_dtype, name="embedding")
+    self.attention = AdditiveAttention(
+        query_dim=cfg.dec_hidden, memory_dim=cfg.memory_dim, attn_dim=cfg.attention_dim,
+        init_std=cfg.init_std, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        name="attention")
+    self.gru = GRUCell(input_dim=cfg.emb_dim + cfg.memory_dim, hidden_dim=cfg.dec_hidden,
+                       init_std=cfg.init_std, dtype=cfg.compute_dtype,
+                       param_dtype=cfg.params_dtype, name="gru")
+    out_dim = cfg.dec_hidden + cfg.memory_dim + cfg.emb_dim
+    self.out_kernel = self.param("out_kernel", init, (out_dim, cfg.trg_vocab_size),
+                                 cfg.params_dtype)
+    self.out_bias = self.param("out_bias", nn.initializers.zeros_init(),
+                               (cfg.trg_vocab_size,), cfg.params_dtype)
+    self.dropout = nn.Dropout(cfg.dropout)
+    # The time loops: nn.scan over parameter-free bodies (every weight arrives
+    # as a broadcast argument, so the hoisted matmuls outside share them).
+    scan_kw = dict(variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=(0, nn.broadcast), out_axes=0, unroll=cfg.scan_unroll)
+    self.teacher_forced_scan = nn.scan(_TeacherForcedBody, **scan_kw)(
+        dtype=cfg.compute_dtype, name="teacher_forced_scan")
+    self.sampled_scan = nn.scan(_SampledBody, **scan_kw)(
+        dtype=cfg.compute_dtype, name="sampled_scan")
+
+  def _weights(self) -> _StepWeights:
+    emb_dim = self.config.emb_dim
+    w_ih = self.gru.input_kernel
+    return _StepWeights(
+        w_query=self.attention.query_kernel, v=self.attention.v,
+        w_hh=self.gru.recurrent_kernel, b_hh=self.gru.recurrent_bias,
+        w_ic=w_ih[emb_dim:], w_ie=w_ih[:emb_dim], b_ih=self.gru.input_bias,
+        w_out=self.out_kernel, b_out=self.out_bias,
+        embedding=self.embedding.embedding)
+
+  def prepare(self, memory_BxSxM: jax.Array, mask_BxS: jax.Array) -> DecoderCache:
+    """The per-sentence cache: keys projected once, mask turned into a bias."""
+    return DecoderCache(memory=memory_BxSxM, keys=self.attention.project_keys(memory_BxSxM),
+                        bias=mask_bias(mask_BxS))
+
+  def step(self, s_BxH: jax.Array, token_B: jax.Array, cache: DecoderCache):
+    """One inference step (no dropout): returns (s', logits `[batch, trg_vocab]`,
+    attention weights `[batch, src_len]`)."""
+    w = self._weights()
+    emb = jnp.take(w.embedding, token_B, axis=0).astype(jnp.float32)
+    return _full_step(w, cache, s_BxH, emb, self.config.compute_dtype)
+
+  def __call__(self, s0_BxH: jax.Array, cache: DecoderCache, trg_in_BxT: jax.Array,
+               train: bool = False, teacher_forcing: float = 1.0):
+    """Runs the decoder over a target prefix batch.
+
+    Args:
+      s0_BxH: initial state from the encoder bridge.
+      cache: `prepare(memory, mask)`.
+      trg_in_BxT: int32 input tokens `[batch, trg_len]` (BOS first).
+      train: enables embedding dropout (needs a "dropout" RNG).
+      teacher_forcing: probability of feeding the true previous token at each
+        step and row (1: always, the hoisted fast path; 0: free running, the
+        model's own argmax; in between: scheduled sampling with coins from
+        the "dropout" RNG stream). Position 0 always gets `trg_in[:, 0]`.
+
+    Returns:
+      logits `[batch, trg_len, trg_vocab]` (float32) and attention weights
+      `[batch, trg_len, src_len]`.
+    """
+    cfg = self.config
+    batch, trg_len = trg_in_BxT.shape
+    dtype = cfg.compute_dtype
+    w = self._weights()
+    if teacher_forcing >= 1.0:
+      emb_BxTxE = self.dropout(self.embedding(trg_in_BxT), deterministic=not train)
+      gi_emb_TxBx3H = dense(emb_BxTxE, w.w_ie, w.b_ih, dtype).transpose(1, 0, 2)
+      _, (s_TxBxH, c_TxBxM, a_TxBxS) = self.teacher_forced_scan(
+          s0_BxH, gi_emb_TxBx3H, (w, cache))
+      features = jnp.concatenate(
+          [s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2),
+           emb_BxTxE.astype(jnp.float32)], axis=-1)
+      logits_BxTxV = dense(features, w.w_out, w.b_out, dtype)
+    else:
+      token_TxB = trg_in_BxT.T
+      if teacher_forcing <= 0.0:
+        teacher_TxB = jnp.zeros((trg_len, batch), bool)
+      else:
+        teacher_TxB = jax.random.bernoulli(self.make_rng("dropout"), teacher_forcing,
+                                           (trg_len, batch))
+      teacher_TxB = teacher_TxB.at[0].set(True)
+      if train and cfg.dropout > 0.0:
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout,
+                                    (trg_len, batch, cfg.emb_dim))
+        keep_TxBxE = keep.astype(jnp.float32) / (1.0 - cfg.dropout)
+      else:
+        keep_TxBxE = jnp.ones((trg_len, batch, cfg.emb_dim), jnp.float32)
+      carry0 = (s0_BxH, trg_in_BxT[:, 0])
+      _, (logits_TxBxV, a_TxBxS) = self.sampled_scan(
+          carry0, (token_TxB, teacher_TxB, keep_TxBxE), (w, cache))
+      logits_BxTxV = logits_TxBxV.transpose(1, 0, 2)
+    attn_BxTxS = a_TxBxS.transpose(1, 0, 2)
+    chex.assert_shape(logits_BxTxV, (batch, trg_len, cfg.trg_vocab_size))
+    return logits_BxTxV, attn_BxTxS

@@ -1,0 +1,101 @@
+"""Evaluation metrics on decoded strings (pure Python, plus sacrebleu for BLEU).
+
+* ``exact_match``: fraction in [0, 1] of hypotheses equal to some reference.
+* ``wer`` (g2p word error rate): percent of words whose output matches none of
+  their references; ``wer == 100 * (1 - exact_match)``.
+* ``per`` (phoneme error rate): percent; for each example the reference with the
+  smallest edit distance (first one on ties) gives both the errors and the
+  length, summed over the corpus.
+* ``bleu_scores``: sacrebleu corpus BLEU, lower-cased BLEU and chrF, each with
+  its signature string.
+
+Strings are compared as whitespace-separated token lists, so "HH  AH" equals
+"HH AH". ``refs_multi`` is ``[num_examples][num_refs_i]`` (a bare string counts
+as a single reference). Inputs of different lengths raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import sacrebleu
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (unit insert/delete/substitute) between two sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _check_lengths(hyps: Sequence, refs: Sequence) -> None:
+    if len(hyps) != len(refs):
+        raise ValueError(f"got {len(hyps)} hypotheses but {len(refs)} references")
+
+
+def _ref_lists(refs_multi: Sequence) -> list[list[list[str]]]:
+    """``[n][k]`` strings -> ``[n][k]`` token lists; each example needs >= 1 reference."""
+    out = []
+    for i, refs in enumerate(refs_multi):
+        if isinstance(refs, str):
+            refs = [refs]
+        if len(refs) == 0:
+            raise ValueError(f"example {i} has no references")
+        out.append([r.split() for r in refs])
+    return out
+
+
+def exact_match(hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> float:
+    """Fraction in [0, 1] of ``hyps`` equal to one of their references (0.0 if empty)."""
+    _check_lengths(hyps, refs_multi)
+    if not hyps:
+        return 0.0
+    refs = _ref_lists(refs_multi)
+    hits = sum(h.split() in r for h, r in zip(hyps, refs))
+    return float(hits / len(hyps))
+
+
+def wer(hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> float:
+    """Word error rate in percent: examples matching no reference / examples."""
+    _check_lengths(hyps, refs_multi)
+    if not hyps:
+        return 0.0
+    return float(100.0 * (1.0 - exact_match(hyps, refs_multi)))
+
+
+def per(hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> float:
+    """Phoneme error rate in percent: sum of min edit distances / sum of chosen ref lengths."""
+    _check_lengths(hyps, refs_multi)
+    errors = length = 0
+    for hyp, refs in zip(hyps, _ref_lists(refs_multi)):
+        tokens = hyp.split()
+        dist, ref = min(((edit_distance(tokens, r), r) for r in refs), key=lambda p: p[0])
+        errors += dist
+        length += len(ref)
+    return float(100.0 * errors / length) if length else 0.0
+
+
+def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict:
+    """Corpus BLEU, lower-cased BLEU and chrF of ``hyps`` against one reference each.
+
+    Returns:
+      ``{'bleu', 'bleu_signature', 'bleu_lc', 'bleu_lc_signature', 'chrf',
+      'chrf_signature'}``; scores are Python floats on a 0-100 scale.
+    """
+    _check_lengths(hyps, refs)
+    if not hyps:
+        raise ValueError("bleu_scores needs at least one hypothesis")
+    hyps, refs = list(hyps), [list(refs)]
+    out = {}
+    for key, metric in (("bleu", sacrebleu.metrics.BLEU()),
+                        ("bleu_lc", sacrebleu.metrics.BLEU(lowercase=True)),
+                        ("chrf", sacrebleu.metrics.CHRF())):
+        out[key] = float(metric.corpus_score(hyps, refs).score)
+        out[f"{key}_signature"] = str(metric.get_signature())
+    return out

@@ -1,0 +1,98 @@
+"""`Seq2Seq`: the encoder, the additive attention and the scanned decoder."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_attn.config import Seq2SeqConfig
+from flax_attn.decoder import Decoder, DecoderCache
+from flax_attn.encoder import Encoder
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_inputs(src, src_lengths, trg_in=None) -> None:
+  """Raises `ValueError` for malformed inputs (values only where concrete)."""
+  for name, x, rank in (("src", src, 2), ("src_lengths", src_lengths, 1), ("trg_in", trg_in, 2)):
+    if x is None:
+      continue
+    if not hasattr(x, "ndim") or x.ndim != rank:
+      raise ValueError(f"{name} must have rank {rank}, got shape {getattr(x, 'shape', type(x))}")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+      raise ValueError(f"{name} must hold integers, got dtype {x.dtype}")
+  if src.shape[0] != src_lengths.shape[0]:
+    raise ValueError(f"src has batch {src.shape[0]} but src_lengths has {src_lengths.shape[0]}")
+  if trg_in is not None and trg_in.shape[0] != src.shape[0]:
+    raise ValueError(f"src has batch {src.shape[0]} but trg_in has {trg_in.shape[0]}")
+  if src.shape[1] < 1:
+    raise ValueError("src must have at least one position")
+  if _is_concrete(src_lengths):
+    lengths = np.asarray(src_lengths)
+    if lengths.size and (lengths.min() < 1 or lengths.max() > src.shape[1]):
+      raise ValueError(f"src_lengths must be in [1, {src.shape[1]}] (the padded width), "
+                       f"got min {lengths.min()} max {lengths.max()}")
+
+
+class Seq2Seq(nn.Module):
+  """Bahdanau-attention encoder-decoder (bentrevett/pytorch-seq2seq tutorial 4).
+
+  `model.apply({"params": p}, src, src_lengths, trg_in)` gives logits
+  `[batch, trg_len, trg_vocab]`; with `mutable=["intermediates"]` the
+  attention weights `[batch, trg_len, src_len]` come back under
+  `intermediates/attention`. `encode`, `prepare` and `decode_step` are the
+  pieces inference uses (`flax_attn.decode`).
+  """
+
+  config: Seq2SeqConfig
+
+  def setup(self):
+    self.encoder = Encoder(self.config, name="encoder")
+    self.decoder = Decoder(self.config, name="decoder")
+
+  def __call__(self, src: jax.Array, src_lengths: jax.Array, trg_in: jax.Array,
+               train: bool = False, teacher_forcing: float = 1.0) -> jax.Array:
+    """Logits for every target position.
+
+    Args:
+      src: `[batch, src_len]` int32 source ids, padded with `pad_id`.
+      src_lengths: `[batch]` true source lengths, in `[1, src_len]`.
+      trg_in: `[batch, trg_len]` int32 decoder inputs (`bos_id` first); logits
+        at position t predict the token after `trg_in[:, t]`.
+      train: dropout on (needs a "dropout" RNG).
+      teacher_forcing: see `Decoder.__call__` (the tutorial trains with 0.5).
+
+    Returns:
+      float32 logits `[batch, trg_len, trg_vocab]` (no softmax).
+    """
+    check_inputs(src, src_lengths, trg_in)
+    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
+    cache = self.decoder.prepare(memory, mask)
+    logits, attn = self.decoder(s0, cache, trg_in, train=train, teacher_forcing=teacher_forcing)
+    self.sow("intermediates", "attention", attn)
+    return logits
+
+  def encode(self, src: jax.Array, src_lengths: jax.Array, train: bool = False):
+    """Returns `(s0 [batch, dec_hidden], DecoderCache)` for step-wise decoding."""
+    check_inputs(src, src_lengths)
+    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
+    return s0, self.decoder.prepare(memory, mask)
+
+  def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache):
+    """One step: `(s [batch, dec_hidden], token [batch])` -> `(s', logits
+    [batch, trg_vocab], attention [batch, src_len])`."""
+    chex.assert_rank([s, token], [2, 1])
+    return self.decoder.step(s, token, cache)
+
+
+def init_params(config: Seq2SeqConfig, rng: jax.Array, src_len: int = 4, trg_len: int = 4):
+  """Fresh parameters for `config` (shapes do not depend on the lengths)."""
+  src = jnp.full((1, src_len), config.eos_id, jnp.int32)
+  trg = jnp.full((1, trg_len), config.bos_id, jnp.int32)
+  lengths = jnp.full((1,), src_len, jnp.int32)
+  return Seq2Seq(config).init({"params": rng}, src, lengths, trg)["params"]

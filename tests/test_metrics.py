@@ -1,0 +1,70 @@
+"""Tests for flax_attn.metrics."""
+
+import pytest
+
+from flax_attn import metrics
+
+
+@pytest.mark.parametrize("a, b, d", [
+    ("", "", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
+    ("flaw", "lawn", 2), ("abc", "abc", 0), (["HH", "AH"], ["HH", "AA", "L"], 2),
+])
+def test_edit_distance(a, b, d):
+    assert metrics.edit_distance(list(a), list(b)) == d
+    assert metrics.edit_distance(list(b), list(a)) == d
+
+
+REFS = [["R EH D", "R IY D"], ["K AE T"], ["D AO G"], ["T AH M EY T OW", "T AH M AA T OW"]]
+
+
+def test_exact_match_and_wer():
+    hyps = ["R IY D", "K AE T", "D AA G", "T AH M AA T  OW"]  # extra space is ignored
+    assert metrics.exact_match(hyps, REFS) == 0.75
+    assert metrics.wer(hyps, REFS) == pytest.approx(25.0)
+    assert isinstance(metrics.wer(hyps, REFS), float)
+    assert metrics.wer(["R EH D"], ["R EH D"]) == 0.0  # bare string = one reference
+
+
+def test_per_hand_computed():
+    # read: "R IY" vs best ref "R EH D"/"R IY D" -> 1 deletion, length 3
+    # cat:  "K AE T" exact -> 0, length 3
+    # dog:  "D AA G" -> 1 substitution, length 3
+    # tomato: "T AH M AA T" vs "T AH M AA T OW" -> 1, length 6
+    hyps = ["R IY", "K AE T", "D AA G", "T AH M AA T"]
+    assert metrics.per(hyps, REFS) == pytest.approx(100.0 * 3 / 15)
+    assert metrics.per([r[0] for r in REFS], REFS) == 0.0
+
+
+def test_per_picks_closest_reference_length():
+    # Distance 1 to the 2-phoneme ref, 3 to the 5-phoneme ref: uses length 2.
+    assert metrics.per(["A"], [["A B C D E", "A B"]]) == pytest.approx(50.0)
+
+
+def test_mismatched_lengths_raise():
+    for fn in (metrics.exact_match, metrics.wer, metrics.per):
+        with pytest.raises(ValueError):
+            fn(["a"], [["a"], ["b"]])
+    with pytest.raises(ValueError):
+        metrics.bleu_scores(["a b"], ["a b", "c"])
+    with pytest.raises(ValueError):
+        metrics.per(["a"], [[]])
+
+
+def test_bleu_identical_is_100():
+    refs = ["A man in a blue shirt is standing on a ladder.",
+            "Two dogs are playing in the snow near a red fence."]
+    out = metrics.bleu_scores(refs, refs)
+    assert out["bleu"] == pytest.approx(100.0)
+    assert out["bleu_lc"] == pytest.approx(100.0)
+    assert out["chrf"] == pytest.approx(100.0)
+    assert all(isinstance(out[k], float) for k in ("bleu", "bleu_lc", "chrf"))
+    assert "case:mixed" in out["bleu_signature"] and "case:lc" in out["bleu_lc_signature"]
+    assert out["chrf_signature"].startswith("nrefs:1")
+
+
+def test_bleu_lowercase_differs():
+    hyps = ["a man in a blue shirt is standing on a ladder ."]
+    refs = ["A MAN IN A BLUE SHIRT IS STANDING ON A LADDER ."]
+    out = metrics.bleu_scores(hyps, refs)
+    assert out["bleu_lc"] == pytest.approx(100.0)
+    assert out["bleu"] < 10.0
