@@ -1,0 +1,56 @@
+"""Fields shared by every experiment config (each task file overrides some)."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = ""
+  c.task_kwargs = ml_collections.ConfigDict()
+  c.data_dir = ""            # multi30k: where {train,val,test_2016_flickr}.{de,en} live
+  c.download = False         # multi30k: fetch missing files (sha256-verified)
+  # Tokenizers: word | char | whitespace | sentencepiece.
+  c.src_tokenizer = "char"
+  c.trg_tokenizer = "char"
+  c.min_freq = 1
+  c.lowercase = False
+  c.sp_vocab_size = 8000
+  c.sp_model_type = "bpe"
+  c.max_src_len = 64         # tokens incl. EOS; longer inputs are truncated
+  c.max_trg_len = 64
+  c.num_buckets = 4          # padded widths, hence at most this many compilations
+  # Model (see flax_attn.Seq2SeqConfig).
+  c.model = ml_collections.ConfigDict(dict(
+      emb_dim=256, enc_hidden=512, dec_hidden=512, attn_dim=0, dropout=0.5, enc_layers=1,
+      init_std=0.01, dtype="float32", scan_unroll=1))
+  # Optimisation. batch_size is the GLOBAL batch: per-device batch x device count.
+  c.batch_size = 128
+  c.num_train_steps = 0      # 0: num_epochs epochs
+  c.num_epochs = 10
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.schedule = "constant"    # constant | cosine | rsqrt
+  c.warmup_steps = 0
+  c.weight_decay = 0.0
+  c.clip_norm = 1.0
+  c.label_smoothing = 0.0
+  c.teacher_forcing = 1.0
+  c.plateau_patience = 0     # >0: reduce-on-plateau on the validation loss
+  c.plateau_factor = 0.5
+  c.seed = 0
+  # Logging, evaluation, checkpoints.
+  c.log_every_steps = 50
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_batch_size = 256
+  c.eval_max_examples = 0    # 0: whole split during training evals
+  c.final_eval_splits = ("val", "test")
+  c.beam_size = 1            # final evaluation's beam
+  c.progress_bar = True
+  c.heatmap_example = ""
+  # Multi-host (jax.distributed); empty for one process.
+  c.coordinator_address = ""
+  c.num_processes = 0
+  c.process_id = 0
+  return c

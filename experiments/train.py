@@ -1,0 +1,45 @@
+"""Train an experiment: python experiments/train.py --config experiments/configs/dates.py --workdir DIR.
+
+Rerunning the same command in the same workdir resumes from its latest
+checkpoint. `--config experiments/configs/dates.py:tiny` picks a preset;
+`--config.key=value` overrides any field.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from flax_attn import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and figures")
+flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.WARNING)
+  config = FLAGS.config
+  with config.unlocked():
+    if FLAGS.coordinator_address:
+      config.coordinator_address = FLAGS.coordinator_address
+      config.num_processes = FLAGS.num_processes
+      config.process_id = FLAGS.process_id
+  try:
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2 if not isinstance(e, train.NonFiniteLossError) else 1)
+  import json
+  print(json.dumps({k: v for k, v in result.items()}, default=str))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,127 @@
+"""`Translator`: a checkpoint plus its tokenizers, turned into `str -> str`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from flax_attn import checkpoint as ckpt_lib
+from flax_attn.config import Seq2SeqConfig
+from flax_attn.decode import greedy_decode
+from flax_attn.input_pipeline import encode_pairs, eval_batches
+
+
+def _check_sentences(sentences) -> list[str]:
+  if isinstance(sentences, str):
+    raise TypeError("translate() takes a list of strings, not a single string")
+  sentences = list(sentences)
+  for i, s in enumerate(sentences):
+    if not isinstance(s, str):
+      raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
+  return sentences
+
+
+class Translator:
+  """Translates with a trained model.
+
+  Attributes:
+    config: the `Seq2SeqConfig`; params: the parameters (numpy);
+    src_tokenizer, trg_tokenizer; max_src_len: longer inputs are truncated
+    (with a warning) to this many tokens including EOS; step: checkpoint step;
+    meta: the checkpoint's meta record (experiment config included).
+  """
+
+  def __init__(self, config: Seq2SeqConfig, params, src_tokenizer, trg_tokenizer,
+               max_src_len: int = 256, step: int | None = None, meta: dict | None = None):
+    self.config, self.params = config, params
+    self.src_tokenizer, self.trg_tokenizer = src_tokenizer, trg_tokenizer
+    self.max_src_len, self.step, self.meta = max_src_len, step, meta or {}
+
+  @classmethod
+  def load(cls, workdir_or_checkpoint_dir: str | os.PathLike, step: int | None = None,
+           which: str = "latest") -> "Translator":
+    """Loads a workdir (its latest, or `which="best"`) or one step directory."""
+    step, params, meta = ckpt_lib.load_for_inference(workdir_or_checkpoint_dir, step, which)
+    try:
+      config = Seq2SeqConfig.from_dict(meta["model_config"])
+      src_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["src"])
+      trg_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["trg"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{workdir_or_checkpoint_dir} is not a flax_attn checkpoint: {e}") from None
+    max_src_len = int(meta.get("experiment", {}).get("max_src_len", 256))
+    return cls(config, params, src_tok, trg_tok, max_src_len, step, meta)
+
+  def _max_len(self, src_len: int, ratio: float, offset: int) -> int:
+    return max(1, int(math.ceil(ratio * src_len + offset)))
+
+  def translate_ids(self, src_ids: Sequence[np.ndarray], beam_size: int = 1, alpha: float = 0.6,
+                    max_len_ratio: float = 1.5, max_len_offset: int = 10,
+                    batch_size: int = 128) -> list[list[int]]:
+    """Token ids (EOS included in the input) -> output ids (no EOS), input order."""
+    out: list[list[int] | None] = [None] * len(src_ids)
+    for ix, batch in eval_batches(src_ids, None, batch_size):
+      # Whole padded batches and lengths rounded up to 8 bound the compilations.
+      src, lengths = batch["src"], batch["src_lengths"]
+      max_len = self._max_len(int(lengths.max()), max_len_ratio, max_len_offset)
+      max_len = -(-max_len // 8) * 8
+      if beam_size == 1:
+        res = greedy_decode(self.config, self.params, src, lengths, max_len)
+        tokens, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+      else:
+        from flax_attn.beam import beam_search
+        res = beam_search(self.config, self.params, src, lengths, beam_size=beam_size,
+                          alpha=alpha, max_len_ratio=max_len_ratio,
+                          max_len_offset=max_len_offset, max_len=max_len)
+        tokens, lens = np.asarray(res.tokens)[:, 0], np.asarray(res.lengths)[:, 0]
+      for r, k in enumerate(ix):
+        row = tokens[r, :lens[r]].tolist()
+        out[k] = row[:-1] if row and row[-1] == self.config.eos_id else row
+    return out  # type: ignore[return-value]
+
+  def encode(self, sentences: Sequence[str]) -> list[np.ndarray]:
+    src, _, truncated = encode_pairs(sentences, None, self.src_tokenizer, None,
+                                     self.max_src_len, 1)
+    if truncated:
+      logging.warning("%d input(s) longer than %d tokens were truncated", truncated,
+                      self.max_src_len - 1)
+    return src
+
+  def translate(self, sentences: Sequence[str], beam_size: int = 1, alpha: float = 0.6,
+                max_len_ratio: float = 1.5, max_len_offset: int = 10,
+                batch_size: int = 128) -> list[str]:
+    """Translates a list of strings (outputs in input order; "" -> "").
+
+    Raises:
+      TypeError: for a non-string, naming its position.
+    """
+    sentences = _check_sentences(sentences)
+    keep = [i for i, s in enumerate(sentences) if s.strip()]
+    result = [""] * len(sentences)
+    if keep:
+      ids = self.translate_ids(self.encode([sentences[i] for i in keep]), beam_size, alpha,
+                               max_len_ratio, max_len_offset, batch_size)
+      for i, row in zip(keep, ids):
+        result[i] = self.trg_tokenizer.decode(row)
+    return result
+
+  def attention(self, sentence: str, max_len_ratio: float = 1.5, max_len_offset: int = 10):
+    """Greedy translation of one sentence with its attention.
+
+    Returns (source tokens incl. `<eos>`, output tokens incl. `<eos>` if
+    produced, weights `[out_len, src_len]` numpy).
+    """
+    (sentence,) = _check_sentences([sentence])
+    src = self.encode([sentence])[0]
+    res = greedy_decode(self.config, self.params, src[None], np.array([len(src)]),
+                        self._max_len(len(src), max_len_ratio, max_len_offset))
+    n = int(res.lengths[0])
+    out_ids = np.asarray(res.tokens[0, :n])
+    src_tokens = [self.src_tokenizer.id_to_token(int(i)) for i in src]
+    trg_tokens = [self.trg_tokenizer.id_to_token(int(i)) for i in out_ids]
+    return src_tokens, trg_tokens, np.asarray(res.attention[0, :n, :len(src)])
+
+
