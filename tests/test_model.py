@@ -1,0 +1,154 @@
+"""Seq2Seq: masking, scan vs. a Python loop, jit vs. no jit, gradients, input checks."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_attn import Seq2Seq, Seq2SeqConfig, init_params
+from flax_attn.decode import greedy_decode
+
+CFG = Seq2SeqConfig(src_vocab_size=23, trg_vocab_size=19, emb_dim=6, enc_hidden=8, dec_hidden=10,
+                    attn_dim=7, dropout=0.0, init_std=0.4)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, jax.random.key(0))
+
+
+def _batch(seed=0, batch=4, src_len=7, trg_len=5):
+  rng = np.random.default_rng(seed)
+  lengths = np.array([7, 2, 5, 1][:batch])
+  src = rng.integers(4, CFG.src_vocab_size, (batch, src_len))
+  src[np.arange(src_len)[None, :] >= lengths[:, None]] = CFG.pad_id
+  trg = rng.integers(4, CFG.trg_vocab_size, (batch, trg_len))
+  trg[:, 0] = CFG.bos_id
+  return jnp.asarray(src), jnp.asarray(lengths), jnp.asarray(trg)
+
+
+def _apply(params, src, lengths, trg, **kw):
+  logits, state = Seq2Seq(CFG).apply({"params": params}, src, lengths, trg,
+                                     mutable=["intermediates"], **kw)
+  return logits, state["intermediates"]["attention"][0]
+
+
+def test_shapes_and_attention_rows(params):
+  src, lengths, trg = _batch()
+  logits, attn = _apply(params, src, lengths, trg)
+  chex.assert_shape(logits, (4, 5, CFG.trg_vocab_size))
+  chex.assert_shape(attn, (4, 5, 7))
+  np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-6)
+  pad = np.arange(7)[None, None, :] >= np.asarray(lengths)[:, None, None]
+  assert np.all(np.asarray(attn)[np.broadcast_to(pad, attn.shape)] == 0.0)
+
+
+def test_extra_padding_changes_nothing(params):
+  src, lengths, trg = _batch()
+  logits, attn = _apply(params, src, lengths, trg)
+  wide = jnp.concatenate([src, jnp.full((4, 6), CFG.pad_id)], axis=1)
+  # Garbage (not PAD) in the padded area must not matter either: only lengths count.
+  wide = wide.at[:, 9:].set(5)
+  logits2, attn2 = _apply(params, wide, lengths, trg)
+  np.testing.assert_allclose(logits2, logits, atol=1e-6)
+  np.testing.assert_allclose(attn2[:, :, :7], attn, atol=1e-6)
+  assert float(jnp.abs(attn2[:, :, 7:]).max()) == 0.0
+
+
+def test_batch_rows_independent(params):
+  src, lengths, trg = _batch()
+  logits, _ = _apply(params, src, lengths, trg)
+  one, _ = _apply(params, src[2:3, :5], lengths[2:3], trg[2:3])
+  np.testing.assert_allclose(one[0], logits[2], atol=1e-5)
+
+
+def test_scan_equals_python_loop(params):
+  src, lengths, trg = _batch()
+  logits, attn = _apply(params, src, lengths, trg)
+  model = Seq2Seq(CFG)
+  s, cache = model.apply({"params": params}, src, lengths, method=Seq2Seq.encode)
+  for t in range(trg.shape[1]):
+    s, step_logits, step_attn = model.apply({"params": params}, s, trg[:, t], cache,
+                                            method=Seq2Seq.decode_step)
+    np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
+    np.testing.assert_allclose(step_attn, attn[:, t], atol=1e-6)
+
+
+def test_free_running_equals_greedy(params):
+  src, lengths, trg = _batch()
+  logits = Seq2Seq(CFG).apply({"params": params}, src, lengths, trg, teacher_forcing=0.0)
+  greedy_tokens = np.asarray(jnp.argmax(logits, -1))
+  out = greedy_decode(CFG, params, src, lengths, max_len=trg.shape[1])
+  live = np.arange(trg.shape[1])[None] < np.asarray(out.lengths)[:, None]
+  np.testing.assert_array_equal(np.asarray(out.tokens)[live], greedy_tokens[live])
+
+
+def test_scheduled_sampling_uses_rng(params):
+  src, lengths, trg = _batch()
+  tf1 = Seq2Seq(CFG).apply({"params": params}, src, lengths, trg)
+  run = lambda seed: Seq2Seq(CFG).apply({"params": params}, src, lengths, trg,
+                                        teacher_forcing=0.5, rngs={"dropout": jax.random.key(seed)})
+  a, b = run(0), run(0)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(a[:, 0], tf1[:, 0], atol=1e-5)  # step 0 always sees BOS
+  assert any(not np.allclose(run(s), tf1, atol=1e-5) for s in range(5))
+
+
+class TestJit(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_agrees(self):
+    params = init_params(CFG, jax.random.key(0))
+    src, lengths, trg = _batch()
+
+    def fwd(p, s, l, t):
+      return Seq2Seq(CFG).apply({"params": p}, s, l, t)
+
+    ref = jax.jit(fwd)(params, src, lengths, trg)
+    out = self.variant(fwd)(params, src, lengths, trg)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("tf", [1.0, 0.5])
+def test_gradients_finite_and_nonzero(params, tf):
+  src, lengths, trg = _batch()
+  cfg = Seq2SeqConfig(**{**CFG.to_dict(), "dropout": 0.3})
+
+  def loss(p):
+    logits = Seq2Seq(cfg).apply({"params": p}, src, lengths, trg, train=True, teacher_forcing=tf,
+                                rngs={"dropout": jax.random.key(1)})
+    return jax.nn.log_softmax(logits).mean()
+
+  grads = jax.grad(loss)(params)
+  chex.assert_tree_all_finite(grads)
+  assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_bf16_runs(params):
+  src, lengths, trg = _batch()
+  cfg = Seq2SeqConfig(**{**CFG.to_dict(), "dtype": "bfloat16"})
+  logits = Seq2Seq(cfg).apply({"params": params}, src, lengths, trg)
+  ref = Seq2Seq(CFG).apply({"params": params}, src, lengths, trg)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, ref, atol=0.1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda s, l, t: (s[0], l, t), "src must have rank 2"),
+    (lambda s, l, t: (s.astype(jnp.float32), l, t), "src must hold integers"),
+    (lambda s, l, t: (s, l.at[0].set(0), t), r"src_lengths must be in \[1, 7\]"),
+    (lambda s, l, t: (s, l.at[0].set(8), t), r"src_lengths must be in \[1, 7\]"),
+    (lambda s, l, t: (s, l[:2], t), "batch"),
+])
+def test_bad_inputs(params, bad, match):
+  with pytest.raises(ValueError, match=match):
+    Seq2Seq(CFG).apply({"params": params}, *bad(*_batch()))
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="dropout"):
+    Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, dropout=1.5)
+  with pytest.raises(ValueError, match="eos_id"):
+    Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=3)
+  assert Seq2SeqConfig.from_dict(CFG.to_dict()) == CFG
