@@ -182,6 +182,7 @@ class Case:
   compile_s: float | None = None   # measured separately (AOT); else first - median
   first_s: float = 0.0
   times: list = dataclasses.field(default_factory=list)
+  cpu_times: list = dataclasses.field(default_factory=list)
   peak_mb: float = 0.0
   rss_before_mb: float = 0.0
   extra: dict = dataclasses.field(default_factory=dict)
@@ -189,9 +190,10 @@ class Case:
   def timed_call(self) -> float:
     _reset_peak_rss()
     before = _rss_mb("VmRSS")
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     self.fn()
     dt = time.perf_counter() - t0
+    self.cpu_times.append(time.process_time() - c0)
     self.peak_mb = max(self.peak_mb, _rss_mb("VmHWM"))
     self.rss_before_mb = max(self.rss_before_mb, before)
     return dt
@@ -207,6 +209,9 @@ class Case:
                 rss_before_mb=self.rss_before_mb, first_call_s=self.first_s,
                 compile_method=method, repeats=len(self.times),
                 ms_min=1e3 * min(self.times), ms_max=1e3 * max(self.times),
+                # CPU seconds this process used per wall second of the timed calls:
+                # about os.cpu_count() when nothing else competes for the cores.
+                cores_used=sum(self.cpu_times[-len(self.times):]) / max(sum(self.times), 1e-9),
                 batch=shapes.batch, src_len=shapes.src_len, trg_len=shapes.trg_len,
                 **self.extra)
 
@@ -460,6 +465,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
   """Times `what` x `impls` at `shapes`; returns `{"records": [...], "summary": {...}}`."""
   log = log or (lambda msg: None)
   threads = set_threads()
+  load_start = os.getloadavg()
   what = tuple(what)
   impls = tuple(impls)
   tmodel, config, params = build_models(shapes, seed)
@@ -528,7 +534,8 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
           if k not in ("forward", "train", "forward_per_token", "train_per_token")},
       matmul_n=matmul_n, matmul_gflop_per_s_jax=rates[FLAX],
       matmul_gflop_per_s_torch=rates.get(TORCH), flax_over_torch_tokens_per_s=ratios,
-      notes=notes, jax_version=jax.__version__,
+      notes=notes, loadavg_1min_start_end=(load_start[0], os.getloadavg()[0]),
+      jax_version=jax.__version__,
       torch_version=None if torch is None else torch.__version__)
   return dict(records=records, summary=summary)
 
@@ -538,12 +545,12 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
 
 def format_table(records: list[dict[str, Any]]) -> str:
   head = (f"{'impl':<10} {'what':<7} {'batch':>5} {'trg':>4} {'tokens/s':>10} {'ms/step':>9} "
-          f"{'compile_s':>9} {'peak_rss_MB':>11}")
+          f"{'compile_s':>9} {'peak_rss_MB':>11} {'cores':>5}")
   lines = [head, "-" * len(head)]
   for r in records:
     lines.append(f"{r['impl']:<10} {r['what']:<7} {r['batch']:>5} {r['trg_len']:>4} "
                  f"{r['tokens_per_s']:>10.0f} {r['ms_per_step']:>9.1f} {r['compile_s']:>9.2f} "
-                 f"{r['peak_rss_mb']:>11.0f}")
+                 f"{r['peak_rss_mb']:>11.0f} {r.get('cores_used', float('nan')):>5.2f}")
   return "\n".join(lines)
 
 
@@ -569,7 +576,9 @@ def format_summary(result: dict[str, Any]) -> str:
       lines.append(line)
   lines.append(f"setting: teacher forcing {s['teacher_forcing']}, dropout {s['dropout_train_mode']} "
                f"(train mode), {s['optimizer']}, {s['threads']} threads each, "
-               f"jax {s['jax_version']}, torch {s['torch_version']}")
+               f"jax {s['jax_version']}, torch {s['torch_version']}; 1-min load average "
+               f"{s['loadavg_1min_start_end'][0]:.1f} -> {s['loadavg_1min_start_end'][1]:.1f} "
+               f"on {os.cpu_count()} cores ('cores' = CPU s per wall s of the timed calls)")
   lines.extend(s["notes"])
   return "\n".join(lines)
 
@@ -659,19 +668,23 @@ def write_sweep(records: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- profile
 
 
-def _median_time(fn, repeats: int) -> float:
+def _times(fn, repeats: int) -> list[float]:
   fn()
   times = []
   for _ in range(max(repeats, 1)):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return times
 
 
-def run_profile(shapes: Shapes, repeats: int = 3, unrolls=(1,), seed: int = 0,
-                log: Callable[[str], None] | None = None) -> dict[str, float]:
-  """Times parts of the flax train step (ms, medians) to see where it spends time."""
+def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
+                log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+  """Times parts of the flax train step, each jitted on its own.
+
+  Returns `{part: {"median_ms", "min_ms"}}`; the min is the better estimate of
+  the intrinsic cost on a shared machine. "derived" rows are differences.
+  """
   log = log or (lambda msg: None)
   set_threads()
   _, config, params = build_models(shapes, seed)
@@ -679,17 +692,30 @@ def run_profile(shapes: Shapes, repeats: int = 3, unrolls=(1,), seed: int = 0,
   batch = flax_batch(make_batch(shapes, seed))
   rng = jax.random.key(seed)
   model = Seq2Seq(config)
-  out: dict[str, float] = {}
+  out: dict[str, dict[str, float]] = {}
+
+  def show(name):
+    log(f"{name:<50} median {out[name]['median_ms']:8.1f} ms   min {out[name]['min_ms']:8.1f} ms")
 
   def timeit(name, f, *args):
     compiled = jax.jit(f).lower(*args).compile()
-    out[name] = 1e3 * _median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    log(f"{name:<44} {out[name]:9.1f} ms")
+    times = _times(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    out[name] = dict(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times))
+    show(name)
 
   def encode(p):
     s0, cache = model.apply({"params": p}, batch["src"], batch["src_lengths"], train=True,
                             method=Seq2Seq.encode, rngs={"dropout": rng})
     return jnp.sum(s0) + jnp.sum(cache.memory) + jnp.sum(cache.keys)
+
+  s0, cache = model.apply({"params": params}, batch["src"], batch["src_lengths"],
+                          method=Seq2Seq.encode)
+
+  def decode(p, s0, cache):  # decoder (scan + hoisted projections) + loss
+    logits, _ = model.apply({"params": p}, s0, cache, batch["trg_in"], train=True,
+                            method=lambda m, *a, **k: m.decoder(*a, **k),
+                            rngs={"dropout": rng})
+    return masked_cross_entropy(logits, batch["targets"], config.pad_id)
 
   def project(w, bias, feats):  # the hoisted output projection + loss
     logits = jnp.dot(feats, w) + bias
@@ -698,27 +724,34 @@ def run_profile(shapes: Shapes, repeats: int = 3, unrolls=(1,), seed: int = 0,
   dec = params["decoder"]
   feats = jnp.ones((shapes.batch, shapes.trg_len, dec["out_kernel"].shape[0]), jnp.float32)
   loss = functools.partial(loss_fn, config)
-  timeit("encoder forward (+ key projection)", encode, params)
-  timeit("encoder forward+backward", jax.grad(encode), params)
-  timeit("output projection + loss forward", project, dec["out_kernel"], dec["out_bias"], feats)
-  timeit("output projection + loss forward+backward",
+  timeit("encoder fwd (+ key projection)", encode, params)
+  timeit("encoder fwd+bwd", jax.grad(encode), params)
+  timeit("decoder + loss fwd", decode, params, s0, cache)
+  timeit("decoder + loss fwd+bwd", jax.grad(decode, argnums=(0, 1, 2)), params, s0, cache)
+  timeit("output projection + loss fwd", project, dec["out_kernel"], dec["out_bias"], feats)
+  timeit("output projection + loss fwd+bwd",
          jax.grad(project, argnums=(0, 1, 2)), dec["out_kernel"], dec["out_bias"], feats)
-  timeit("model + loss forward", loss, params, batch, rng)
-  timeit("model + loss forward+backward", jax.grad(loss), params, batch, rng)
+  timeit("model + loss fwd", loss, params, batch, rng)
+  timeit("model + loss fwd+bwd", jax.grad(loss), params, batch, rng)
   tx = make_tx()
   for unroll in unrolls:
     cfg = dataclasses.replace(config, scan_unroll=unroll)
     state = (params, tx.init(params), rng)
     timeit(f"full train step (scan_unroll={unroll})",
            functools.partial(train_step, cfg, tx), state, batch)
-  full = out["full train step (scan_unroll=1)"] if 1 in unrolls else None
-  out["derived: decoder (rest) forward+backward"] = (
-      out["model + loss forward+backward"] - out["encoder forward+backward"]
-      - out["output projection + loss forward+backward"])
-  if full is not None:
-    out["derived: optimizer (clip + adam)"] = full - out["model + loss forward+backward"]
-  for k in [k for k in out if k.startswith("derived")]:
-    log(f"{k:<44} {out[k]:9.1f} ms")
+
+  def derive(name, plus, minus):
+    out[name] = {k: sum(out[p][k] for p in plus) - sum(out[m][k] for m in minus)
+                 for k in ("median_ms", "min_ms")}
+    show(name)
+
+  derive("derived: decoder scan (+ emb gates) fwd", ["decoder + loss fwd"],
+         ["output projection + loss fwd"])
+  derive("derived: decoder scan (+ emb gates) fwd+bwd", ["decoder + loss fwd+bwd"],
+         ["output projection + loss fwd+bwd"])
+  first = f"full train step (scan_unroll={unrolls[0]})"
+  if first in out:
+    derive("derived: optimizer (clip + adam)", [first], ["model + loss fwd+bwd"])
   return out
 
 
@@ -754,7 +787,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--sweep_repeats", type=int, default=2)
   p.add_argument("--out_dir", default=os.path.join(_REPO, "experiments", "results"))
   p.add_argument("--profile", action="store_true", help="time parts of the flax train step")
-  p.add_argument("--profile_unrolls", default="1", help="scan_unroll values for --profile")
+  p.add_argument("--profile_unrolls", default="1,4", help="scan_unroll values for --profile")
   return p.parse_args(argv)
 
 

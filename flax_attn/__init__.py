@@ -6,9 +6,10 @@ from flax_attn.decoder import Decoder, DecoderCache
 from flax_attn.encoder import Encoder
 from flax_attn.gru import GRUCell
 from flax_attn.model import Seq2Seq, init_params
+from flax_attn.translator import Translator
 
 __all__ = [
     "AdditiveAttention", "Decoder", "DecoderCache", "Encoder", "GRUCell", "Seq2Seq",
-    "Seq2SeqConfig", "init_params",
+    "Seq2SeqConfig", "Translator", "init_params",
 ]
 __version__ = "0.1.0"

@@ -101,7 +101,7 @@ class BeamState:
 
 def length_penalty(length: jax.Array, alpha: jax.Array) -> jax.Array:
   """GNMT length penalty `((5 + length) / 6) ** alpha` (1 when alpha is 0)."""
-  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
 def _gather(tree, index_BxK: jax.Array):

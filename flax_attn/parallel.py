@@ -43,9 +43,10 @@ def pmap(fn: Callable, donate_state: bool = True, static_broadcasted_argnums=())
                   static_broadcasted_argnums=static_broadcasted_argnums)
 
 
-def replicate(tree: Any) -> Any:
-  """Copies a host pytree onto every local device (leading axis = local devices)."""
-  devices = jax.local_devices()
+def replicate(tree: Any, num_devices: int | None = None) -> Any:
+  """Copies a host pytree onto the local devices (leading axis = devices);
+  `num_devices` limits it to the first few (tests)."""
+  devices = jax.local_devices()[:num_devices]
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
                                         jax.sharding.PartitionSpec(AXIS))
   stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
@@ -68,9 +69,10 @@ def process_slice(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {key: v[i * k:(i + 1) * k] for key, v in global_batch.items()}
 
 
-def shard(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def shard(local_batch: dict[str, np.ndarray], num_devices: int | None = None
+          ) -> dict[str, np.ndarray]:
   """`[rows, ...] -> [local_devices, rows / local_devices, ...]`."""
-  d = jax.local_device_count()
+  d = num_devices or jax.local_device_count()
   def split(x):
     if x.shape[0] % d:
       raise ValueError(f"batch of {x.shape[0]} rows does not split over {d} local devices")

@@ -86,7 +86,7 @@ def train_step(state: TrainState, batch: dict, *, model_config: Seq2SeqConfig,
   denom = jnp.maximum(total_weight, 1.0)
   grads = jax.tree.map(lambda g: parallel.psum(g) / denom, grads)
   loss = parallel.psum(loss_sum) / denom
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
