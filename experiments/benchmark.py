@@ -228,24 +228,28 @@ def measure(cases: list[Case], repeats: int, warmup: int) -> None:
       c.times.append(c.timed_call())
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, impl: str = FLAX) -> float:
-  """float32 n x n x n matmul rate, median of `repeats`, in GFLOP/s."""
+def matmul_case(impl: str, n: int = 2048, calls: int = 3) -> Case:
+  """`calls` float32 n x n x n matmuls per `fn()`; `extra["flop"]` per `fn()`."""
   rng = np.random.default_rng(0)
   a_np, b_np = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
   if impl == FLAX:
     mm = jax.jit(jnp.matmul)
     a, b = jnp.asarray(a_np), jnp.asarray(b_np)
-    run = lambda: mm(a, b).block_until_ready()
+    one = lambda: mm(a, b).block_until_ready()
   else:
     a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
-    run = lambda: torch.mm(a, b)
-  run()
-  times = []
-  for _ in range(max(repeats, 1)):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return 2.0 * n ** 3 / statistics.median(times) / 1e9
+    one = lambda: torch.mm(a, b)
+
+  def fn():
+    for _ in range(calls):
+      one()
+
+  return Case(impl, "matmul", fn, 0, extra={"flop": 2.0 * n ** 3 * calls})
+
+
+def matmul_gflops(case: Case) -> float:
+  """The median rate of a measured `matmul_case`, GFLOP/s."""
+  return case.extra["flop"] / statistics.median(case.times) / 1e9
 
 
 # ----------------------------------------------------------------------------- data
@@ -378,14 +382,18 @@ def flax_beam_case(config, params, batch_np, shapes: Shapes) -> tuple[Case | Non
   fn, why = find_beam_search()
   if fn is None:
     return None, why
+  # Untrained weights make EOS about as likely as any token, and beam search stops
+  # once no live hypothesis can beat a finished one (after ~3 steps here). Banning
+  # EOS (its output bias -1e9) makes every call decode exactly trg_len steps.
   params = jax.tree.map(jnp.asarray, params)
+  params["decoder"]["out_bias"] = params["decoder"]["out_bias"].at[config.eos_id].set(-1e9)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
   try:
     kwargs = _beam_kwargs(fn, config, params, src, lengths, shapes.trg_len)
   except (TypeError, ValueError) as e:
     return None, str(e)
   case = Case(FLAX, "beam", lambda: None, shapes.tokens,
-              extra={"beam_size": BEAM_SIZE, "max_len": shapes.trg_len})
+              extra={"beam_size": BEAM_SIZE, "max_len": shapes.trg_len, "eos_banned": True})
 
   def call():
     out = jax.block_until_ready(fn(**kwargs))
@@ -460,7 +468,7 @@ def build_models(shapes: Shapes, seed: int = 0):
 
 
 def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, warmup: int = 1,
-        matmul_n: int = 2048, matmul_repeats: int = 5, seed: int = 0,
+        matmul_n: int = 2048, matmul_calls: int = 3, seed: int = 0,
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Times `what` x `impls` at `shapes`; returns `{"records": [...], "summary": {...}}`."""
   log = log or (lambda msg: None)
@@ -471,6 +479,10 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
   tmodel, config, params = build_models(shapes, seed)
   batch_np = make_batch(shapes, seed)
   notes, records = [], []
+  # The matmul rate is timed interleaved with the train steps (or on its own when
+  # there are none), so it sees the same load from other processes.
+  matmul = [matmul_case(i, matmul_n, matmul_calls) for i in IMPLS
+            if i == FLAX or torch is not None]
   for w in what:
     cases = []
     if w == "train":
@@ -497,6 +509,8 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
       raise ValueError(f"unknown --what {w!r}; choose from {WHATS}")
     if not cases:
       continue
+    if w == "train":
+      cases.extend(matmul)
     log(f"timing {w}: {', '.join(c.impl for c in cases)} interleaved, "
         f"1 first + {warmup} warm-up + {repeats} timed each")
     try:
@@ -506,13 +520,13 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
         raise
       notes.append(f"beam skipped: beam_search raised {type(e).__name__}: {e}")
       continue
-    records.extend(c.record(shapes) for c in cases)
+    records.extend(c.record(shapes) for c in cases if c.what != "matmul")
+  if not matmul[0].times:
+    measure(matmul, repeats, warmup)
 
   flops = shapes_flops(shapes)
   flops_torch = shapes_flops(shapes, hoisted=False)
-  rates = {FLAX: matmul_gflops(matmul_n, matmul_repeats, FLAX)}
-  if torch is not None:
-    rates[TORCH] = matmul_gflops(matmul_n, matmul_repeats, TORCH)
+  rates = {c.impl: matmul_gflops(c) for c in matmul}
   for r in records:
     if r["what"] == "train":
       r["gflop_per_s"] = flops["train"] / (r["ms_per_step"] / 1e3) / 1e9
@@ -532,7 +546,8 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
       flop_components_mflop_per_token={
           k: v / shapes.tokens / 1e6 for k, v in flops.items()
           if k not in ("forward", "train", "forward_per_token", "train_per_token")},
-      matmul_n=matmul_n, matmul_gflop_per_s_jax=rates[FLAX],
+      matmul_n=matmul_n, matmul_calls_per_sample=matmul_calls,
+      matmul_gflop_per_s_jax=rates[FLAX],
       matmul_gflop_per_s_torch=rates.get(TORCH), flax_over_torch_tokens_per_s=ratios,
       notes=notes, loadavg_1min_start_end=(load_start[0], os.getloadavg()[0]),
       jax_version=jax.__version__,
@@ -545,11 +560,13 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
 
 def format_table(records: list[dict[str, Any]]) -> str:
   head = (f"{'impl':<10} {'what':<7} {'batch':>5} {'trg':>4} {'tokens/s':>10} {'ms/step':>9} "
+          f"{'min_ms':>9} "
           f"{'compile_s':>9} {'peak_rss_MB':>11} {'cores':>5}")
   lines = [head, "-" * len(head)]
   for r in records:
     lines.append(f"{r['impl']:<10} {r['what']:<7} {r['batch']:>5} {r['trg_len']:>4} "
-                 f"{r['tokens_per_s']:>10.0f} {r['ms_per_step']:>9.1f} {r['compile_s']:>9.2f} "
+                 f"{r['tokens_per_s']:>10.0f} {r['ms_per_step']:>9.1f} {r.get('ms_min', float('nan')):>9.1f} "
+                 f"{r['compile_s']:>9.2f} "
                  f"{r['peak_rss_mb']:>11.0f} {r.get('cores_used', float('nan')):>5.2f}")
   return "\n".join(lines)
 
@@ -563,7 +580,8 @@ def format_summary(result: dict[str, Any]) -> str:
                f"{s['train_gflop_per_step']:.4g} GFLOP/step; the tutorial's unhoisted torch "
                f"forward executes {s['torch_executed_forward_mflop_per_token']:.4g} MFLOP/token")
   torch_rate = s["matmul_gflop_per_s_torch"]
-  lines.append(f"float32 {s['matmul_n']}^3 matmul: jax {s['matmul_gflop_per_s_jax']:.1f} GFLOP/s"
+  lines.append(f"float32 {s['matmul_n']}^3 matmul (interleaved with the train steps): "
+               f"jax {s['matmul_gflop_per_s_jax']:.1f} GFLOP/s"
                + (f", torch {torch_rate:.1f} GFLOP/s" if torch_rate else ""))
   for r in result["records"]:
     if r["what"] == "train":
@@ -572,7 +590,8 @@ def format_summary(result: dict[str, Any]) -> str:
       if "executed_gflop_per_s" in r:
         line += f" (executes {r['executed_gflop_per_s']:.1f} GFLOP/s)"
       if "xla_flops_per_token" in r:
-        line += f" [XLA cost analysis: {r['xla_flops_per_token'] / 1e6:.4g} MFLOP/token]"
+        line += (f" [XLA cost analysis, which counts loop bodies once: "
+                 f"{r['xla_flops_per_token'] / 1e6:.4g} MFLOP/token]")
       lines.append(line)
   lines.append(f"setting: teacher forcing {s['teacher_forcing']}, dropout {s['dropout_train_mode']} "
                f"(train mode), {s['optimizer']}, {s['threads']} threads each, "

@@ -44,7 +44,7 @@ def test_flops_per_token_at_tutorial_sizes(bench):
 def test_run_gives_complete_positive_records(bench, capsys):
   shapes = bench.Shapes(**TINY)
   result = bench.run(shapes, what=("train", "greedy", "beam"), repeats=1, warmup=0,
-                         matmul_n=64, matmul_repeats=1)
+                         matmul_n=64, matmul_calls=1)
   records = result["records"]
   pairs = {(r["impl"], r["what"]) for r in records}
   for what in ("train", "greedy"):

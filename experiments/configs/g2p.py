@@ -1,0 +1,45 @@
+"""g2p: English grapheme-to-phoneme on CMUdict (stress stripped; our hash split)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import base_config  # noqa: E402
+
+
+def get_config(preset: str = ""):
+  c = base_config()
+  c.task = "g2p"
+  c.task_kwargs.keep_stress = False
+  c.src_tokenizer = "char"
+  c.trg_tokenizer = "whitespace"
+  c.lowercase = True
+  c.max_src_len = c.max_trg_len = 36
+  c.num_buckets = 3
+  c.model.update(emb_dim=128, enc_hidden=256, dec_hidden=256, attn_dim=0, dropout=0.2,
+                 init_std=0.0)
+  c.batch_size = 128
+  c.num_epochs = 8
+  c.learning_rate = 2e-3
+  c.schedule = "cosine"
+  c.warmup_steps = 200
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.eval_max_examples = 2000
+  c.beam_size = 5
+  c.heatmap_example = "attention"
+  if preset == "tiny":
+    c.task_kwargs.max_examples = 512
+    c.model.update(emb_dim=16, enc_hidden=16, dec_hidden=16)
+    c.batch_size = 32
+    c.num_epochs = 0
+    c.num_train_steps = 16
+    c.log_every_steps = 4
+    c.eval_every_steps = 8
+    c.checkpoint_every_steps = 8
+    c.eval_max_examples = 0
+    c.beam_size = 2
+    c.progress_bar = False
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
+  return c
