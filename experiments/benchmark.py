@@ -559,15 +559,15 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
+  nan = float("nan")
   head = (f"{'impl':<10} {'what':<7} {'batch':>5} {'trg':>4} {'tokens/s':>10} {'ms/step':>9} "
-          f"{'min_ms':>9} "
-          f"{'compile_s':>9} {'peak_rss_MB':>11} {'cores':>5}")
+          f"{'min_ms':>9} {'compile_s':>9} {'peak_rss_MB':>11} {'cores':>5}")
   lines = [head, "-" * len(head)]
   for r in records:
     lines.append(f"{r['impl']:<10} {r['what']:<7} {r['batch']:>5} {r['trg_len']:>4} "
-                 f"{r['tokens_per_s']:>10.0f} {r['ms_per_step']:>9.1f} {r.get('ms_min', float('nan')):>9.1f} "
-                 f"{r['compile_s']:>9.2f} "
-                 f"{r['peak_rss_mb']:>11.0f} {r.get('cores_used', float('nan')):>5.2f}")
+                 f"{r['tokens_per_s']:>10.0f} {r['ms_per_step']:>9.1f} "
+                 f"{r.get('ms_min', nan):>9.1f} {r['compile_s']:>9.2f} "
+                 f"{r['peak_rss_mb']:>11.0f} {r.get('cores_used', nan):>5.2f}")
   return "\n".join(lines)
 
 
@@ -593,8 +593,8 @@ def format_summary(result: dict[str, Any]) -> str:
         line += (f" [XLA cost analysis, which counts loop bodies once: "
                  f"{r['xla_flops_per_token'] / 1e6:.4g} MFLOP/token]")
       lines.append(line)
-  lines.append(f"setting: teacher forcing {s['teacher_forcing']}, dropout {s['dropout_train_mode']} "
-               f"(train mode), {s['optimizer']}, {s['threads']} threads each, "
+  lines.append(f"setting: teacher forcing {s['teacher_forcing']}, "
+               f"dropout {s['dropout_train_mode']} (train mode), {s['optimizer']}, {s['threads']} threads each, "
                f"jax {s['jax_version']}, torch {s['torch_version']}; 1-min load average "
                f"{s['loadavg_1min_start_end'][0]:.1f} -> {s['loadavg_1min_start_end'][1]:.1f} "
                f"on {os.cpu_count()} cores ('cores' = CPU s per wall s of the timed calls)")

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from flax_attn import train
@@ -24,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
   del argv
   logging.getLogger().setLevel(logging.WARNING)
   config = FLAGS.config

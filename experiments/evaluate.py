@@ -1,0 +1,101 @@
+"""Evaluate a checkpoint: one JSON line of metrics, system output written to a file.
+
+  python experiments/evaluate.py --workdir DIR [--split val|test|test2017]
+      [--src FILE --ref FILE] [--beam_size K] [--which latest|best] [--step N] [--out FILE]
+
+Bad input (missing/empty files, mismatched line counts, a workdir without a
+compatible checkpoint) gives a one-line error and exit code 2.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "training workdir or checkpoint step directory")
+flags.DEFINE_string("split", "test", "task split to evaluate (ignored with --src/--ref)")
+flags.DEFINE_string("src", None, "source file, one sentence per line")
+flags.DEFINE_string("ref", None, "reference file, aligned with --src")
+flags.DEFINE_integer("beam_size", 1, "beam width (1: greedy)")
+flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search")
+flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
+flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
+flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.<beam>.hyp.txt)")
+flags.mark_flag_as_required("workdir")
+
+
+class UsageError(Exception):
+  pass
+
+
+def _read(path: str, what: str) -> list[str]:
+  p = Path(path)
+  if not p.is_file():
+    raise UsageError(f"{what} file {path} does not exist")
+  lines = p.read_text(encoding="utf-8").split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  if not lines:
+    raise UsageError(f"{what} file {path} is empty")
+  return lines
+
+
+def run() -> dict:
+  import ml_collections
+
+  from flax_attn import Translator, experiment, metrics
+  if (FLAGS.src is None) != (FLAGS.ref is None):
+    raise UsageError("--src and --ref go together")
+  if FLAGS.beam_size < 1:
+    raise UsageError(f"--beam_size must be >= 1, got {FLAGS.beam_size}")
+  try:
+    translator = Translator.load(FLAGS.workdir, step=FLAGS.step, which=FLAGS.which)
+  except (FileNotFoundError, ValueError) as e:
+    raise UsageError(str(e)) from None
+  config = ml_collections.ConfigDict(translator.meta["experiment"])
+  if FLAGS.src is not None:
+    src, ref = _read(FLAGS.src, "source"), _read(FLAGS.ref, "reference")
+    if len(src) != len(ref):
+      raise UsageError(f"{FLAGS.src} has {len(src)} lines but {FLAGS.ref} has {len(ref)}")
+    refs, name = [[r] for r in ref], Path(FLAGS.src).name
+  else:
+    try:
+      splits = experiment.load_task(config)
+    except (FileNotFoundError, ValueError) as e:
+      raise UsageError(str(e)) from None
+    if FLAGS.split not in splits:
+      raise UsageError(f"task {config.task} has no split {FLAGS.split!r} (has {sorted(splits)})")
+    split = splits[FLAGS.split]
+    src, refs, name = split.src, split.references(), FLAGS.split
+  hyps = translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+  out = Path(FLAGS.out) if FLAGS.out else (
+      Path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}.hyp.txt")
+  out.write_text("\n".join(hyps) + "\n", encoding="utf-8")
+  result = {"task": config.task, "split": name, "step": translator.step,
+            "beam_size": FLAGS.beam_size, "examples": len(src), "output": str(out)}
+  if config.task == "g2p":
+    result.update(wer=metrics.wer(hyps, refs), per=metrics.per(hyps, refs))
+  elif config.task == "multi30k":
+    result.update(metrics.bleu_scores(hyps, [r[0] for r in refs]))
+  else:
+    result["exact_match"] = 100.0 * metrics.exact_match(hyps, refs)
+  return result
+
+
+def main(argv):
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    print(json.dumps(run()))
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
