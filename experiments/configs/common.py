@@ -54,3 +54,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_processes = 0
   c.process_id = 0
   return c
+
+
+def apply_tiny(c: ml_collections.ConfigDict, steps: int = 16, **model) -> None:
+  """The `tiny` preset shared by tests and smoke runs: a small model, a few
+  steps, evaluation and checkpoints every half run, no progress bar."""
+  c.model.update(emb_dim=8, enc_hidden=16, dec_hidden=16, attn_dim=16)
+  c.model.update(**model)
+  c.batch_size = 32
+  c.num_epochs = 0
+  c.num_train_steps = steps
+  c.log_every_steps = max(steps // 4, 1)
+  c.eval_every_steps = c.checkpoint_every_steps = max(steps // 2, 1)
+  c.eval_max_examples = 0
+  c.progress_bar = False

@@ -8,7 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from common import apply_tiny, base_config  # noqa: E402
 
 
 def get_config(preset: str = ""):
@@ -35,13 +35,7 @@ def get_config(preset: str = ""):
   c.heatmap_example = "tuesday, 3 march 1998"
   if preset == "tiny":
     c.task_kwargs.update(num_train=512, num_val=64, num_test=64)
-    c.model.update(emb_dim=8, enc_hidden=16, dec_hidden=16, attn_dim=16)
-    c.batch_size = 32
-    c.num_train_steps = 20
-    c.log_every_steps = 5
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.progress_bar = False
+    apply_tiny(c, steps=20)
   elif preset:
     raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
   return c

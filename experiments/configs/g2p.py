@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from common import apply_tiny, base_config  # noqa: E402
 
 
 def get_config(preset: str = ""):
@@ -30,16 +30,8 @@ def get_config(preset: str = ""):
   c.heatmap_example = "attention"
   if preset == "tiny":
     c.task_kwargs.max_examples = 512
-    c.model.update(emb_dim=16, enc_hidden=16, dec_hidden=16)
-    c.batch_size = 32
-    c.num_epochs = 0
-    c.num_train_steps = 16
-    c.log_every_steps = 4
-    c.eval_every_steps = 8
-    c.checkpoint_every_steps = 8
-    c.eval_max_examples = 0
+    apply_tiny(c, steps=16, emb_dim=16, attn_dim=0)
     c.beam_size = 2
-    c.progress_bar = False
   elif preset:
     raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
   return c

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from common import apply_tiny, base_config  # noqa: E402
 
 
 def get_config(preset: str = ""):
@@ -44,13 +44,6 @@ def get_config(preset: str = ""):
 
 def _tiny(c):
   c.task_kwargs.max_examples = 256
-  c.model.update(emb_dim=16, enc_hidden=16, dec_hidden=16)
+  apply_tiny(c, steps=16, emb_dim=16, attn_dim=0)
   c.min_freq = 1
-  c.batch_size = 32
-  c.num_epochs = 0
-  c.num_train_steps = 16
-  c.log_every_steps = 4
-  c.eval_every_steps = 8
-  c.checkpoint_every_steps = 8
   c.max_src_len = c.max_trg_len = 24
-  c.progress_bar = False

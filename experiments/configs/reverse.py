@@ -1,38 +1,11 @@
-"""reverse: random token strings -> the same tokens reverseed (sanity checks, tests)."""
+"""reverse: random token strings -> the same tokens reversed (see synthetic.py)."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import base_config  # noqa: E402
+from synthetic import synthetic_config  # noqa: E402
 
 
 def get_config(preset: str = ""):
-  c = base_config()
-  c.task = "reverse"
-  c.task_kwargs.update(seed=0, num_train=20000, num_val=500, num_test=1000)
-  c.src_tokenizer = c.trg_tokenizer = "whitespace"
-  c.max_src_len = c.max_trg_len = 16
-  c.num_buckets = 2
-  c.model.update(emb_dim=32, enc_hidden=64, dec_hidden=64, attn_dim=64, dropout=0.0,
-                 init_std=0.0)
-  c.batch_size = 64
-  c.num_train_steps = 2000
-  c.learning_rate = 3e-3
-  c.schedule = "cosine"
-  c.warmup_steps = 50
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
-  c.heatmap_example = "a b c d e f g h"
-  if preset == "tiny":
-    c.task_kwargs.update(num_train=512, num_val=64, num_test=64)
-    c.model.update(emb_dim=8, enc_hidden=16, dec_hidden=16, attn_dim=16)
-    c.batch_size = 32
-    c.num_train_steps = 20
-    c.log_every_steps = 5
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.progress_bar = False
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
-  return c
+  return synthetic_config("reverse", preset)
