@@ -287,7 +287,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step = int(jax.device_get(rstate.step[0]))
   last_saved = step if restored is not None else None
   window = {"loss": 0.0, "nll": 0.0, "w": 0.0, "t": time.time(), "steps": 0}
-  train_compiles = 0
+  train_compiles, recompiles, compiled_widths = 0, 0, set()
   bar = tqdm.tqdm(total=total_steps, initial=step, disable=not is_main or not config.progress_bar,
                   dynamic_ncols=True)
   try:
@@ -301,7 +301,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       before = counter.count
       rstate, m = p_train(rstate, batch)
       m = parallel.unreplicate(m)
-      train_compiles += counter.count - before
+      if counter.count > before:  # this call compiled the step (for a new batch shape)
+        train_compiles += 1
+        width = batch["src"].shape[-1]
+        if width in compiled_widths:
+          recompiles += 1
+        compiled_widths.add(width)
       if not bool(m["ok"]):
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step + 1}; the step was rejected and the run "
@@ -318,7 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   "ppl": math.exp(min(window["nll"] / max(window["w"], 1.0), 50.0)),
                   "lr": float(lr_fn(step)) * plateau.scale, "grad_norm": float(m["grad_norm"]),
                   "tokens_per_s": window["w"] / max(dt, 1e-9), "steps_per_s": window["steps"] / dt,
-                  "train_compiles": train_compiles, "epoch": step / batches.batches_per_epoch}
+                  "train_compiles": train_compiles, "recompiles": recompiles, "epoch": step / batches.batches_per_epoch}
         log(record)
         bar.set_postfix(loss=f"{loss:.3f}")
         window = {"loss": 0.0, "nll": 0.0, "w": 0.0, "t": time.time(), "steps": 0}
@@ -342,7 +347,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if split_name in splits:
         final[split_name] = run_eval(step, split_name, final=True)
     log({"step": step, "split": "summary", "train_compiles": train_compiles,
-         "buckets": list(buckets)})
+         "recompiles": recompiles, "buckets": list(buckets)})
     if is_main:
       from flax_attn import plot
       plot.training_curves(metrics_path, workdir_path / "curves.png")
@@ -352,5 +357,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         plot.attention_heatmap(src_tokens, trg_tokens, weights, workdir_path / "attention.png")
   ckpts.close()
   final["train_compiles"] = train_compiles
+  final["recompiles"] = recompiles
+  final["buckets"] = list(buckets)
   final["step"] = step
   return final

@@ -1,0 +1,68 @@
+"""The task presets end to end, the evaluate/translate CLIs and their errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = REPO.parent / "shared/data/multi30k"
+ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+
+
+def _py(*args, stdin=None, check=True):
+  p = subprocess.run([sys.executable, *map(str, args)], env=ENV, capture_output=True, text=True,
+                     timeout=300, input=stdin)
+  if check:
+    assert p.returncode == 0, p.stderr[-3000:]
+  return p
+
+
+def _train(task, workdir, *extra):
+  p = _py(REPO / "experiments/train.py", f"--config={REPO}/experiments/configs/{task}.py:tiny",
+          f"--workdir={workdir}", *extra)
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_g2p_tiny(tmp_path):
+  result = _train("g2p", tmp_path)
+  assert set(result["test"]) >= {"wer", "per", "loss", "ppl", "free_running_ppl"}
+  assert 0.0 <= result["test"]["wer"] <= 100.0
+  # At most one compilation of the train step per bucket width.
+  assert result["train_compiles"] <= len(result["buckets"]) <= 3
+  assert result["recompiles"] == 0
+
+
+@pytest.mark.skipif(not MULTI30K.is_dir(), reason="../shared/data/multi30k not present")
+def test_multi30k_tiny_and_cli(tmp_path):
+  result = _train("multi30k", tmp_path, f"--config.data_dir={MULTI30K}")
+  assert {"bleu", "bleu_lc", "chrf", "free_running_ppl", "bleu_signature"} <= set(result["test"])
+  assert "test2017" in result
+  out = _py(REPO / "experiments/evaluate.py", f"--workdir={tmp_path}", "--split=val")
+  line = json.loads(out.stdout.strip().splitlines()[-1])
+  assert line["examples"] == 256 and Path(line["output"]).is_file()
+  assert len(Path(line["output"]).read_text().splitlines()) == 256
+  src, ref = tmp_path / "s.txt", tmp_path / "r.txt"
+  src.write_text("ein mann .\nzwei hunde .\n")
+  ref.write_text("a man .\n")
+  bad = _py(REPO / "experiments/evaluate.py", f"--workdir={tmp_path}", f"--src={src}",
+            f"--ref={ref}", check=False)
+  assert bad.returncode == 2 and "has 2 lines but" in bad.stderr and "Traceback" not in bad.stderr
+  ref.write_text("")
+  bad = _py(REPO / "experiments/evaluate.py", f"--workdir={tmp_path}", f"--src={src}",
+            f"--ref={ref}", check=False)
+  assert bad.returncode == 2 and "is empty" in bad.stderr
+  bad = _py(REPO / "experiments/evaluate.py", f"--workdir={tmp_path / 'nothing'}", check=False)
+  assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+  tr = _py(REPO / "experiments/translate.py", f"--workdir={tmp_path}",
+           f"--plot={tmp_path / 'a.png'}", stdin="ein mann .\n\nzwei hunde .\n")
+  assert len(tr.stdout.splitlines()) == 3 and tr.stdout.splitlines()[1] == ""
+  assert (tmp_path / "a.png").is_file()
+
+
+def test_reverse_tiny(tmp_path):
+  result = _train("reverse", tmp_path)
+  assert "exact_match" in result["test"]
