@@ -28,6 +28,8 @@ Setting (the same on both sides, printed with the results):
     `clip_grad_norm_`; greedy: `Seq2Seq.greedy` under no_grad; no beam search;
   * threads: both use every core of the machine (torch intra-op threads =
     `os.cpu_count()`; XLA's CPU client uses one Eigen thread per core by default);
+    OMP_WAIT_POLICY defaults to PASSIVE (see below); 'cores' in the table is the
+    CPU seconds per wall second the process got, < cpu_count when others compete;
   * timing: implementations interleaved (A, B, A, B, ...) after a warm-up,
     medians of `--repeats` timed steps; compile_s is the AOT lower+compile time
     for the flax train step, else the first call minus the steady median;
@@ -53,6 +55,12 @@ import statistics
 import sys
 import time
 from typing import Any, Callable
+
+# Before torch loads its OpenMP runtime: spinning OpenMP threads (the default) wait
+# for a descheduled sibling on a shared machine, which made torch's 2-thread train
+# step 13-37 s instead of 5-10 s here while another process used the cores (and
+# tiny ops 200x slower). PASSIVE sleeps instead; export OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _p in (_REPO, os.path.join(_REPO, "tests")):
@@ -550,7 +558,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
       matmul_gflop_per_s_jax=rates[FLAX],
       matmul_gflop_per_s_torch=rates.get(TORCH), flax_over_torch_tokens_per_s=ratios,
       notes=notes, loadavg_1min_start_end=(load_start[0], os.getloadavg()[0]),
-      jax_version=jax.__version__,
+      omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), jax_version=jax.__version__,
       torch_version=None if torch is None else torch.__version__)
   return dict(records=records, summary=summary)
 
@@ -594,7 +602,8 @@ def format_summary(result: dict[str, Any]) -> str:
                  f"{r['xla_flops_per_token'] / 1e6:.4g} MFLOP/token]")
       lines.append(line)
   lines.append(f"setting: teacher forcing {s['teacher_forcing']}, "
-               f"dropout {s['dropout_train_mode']} (train mode), {s['optimizer']}, {s['threads']} threads each, "
+               f"dropout {s['dropout_train_mode']} (train mode), {s['optimizer']}, "
+               f"{s['threads']} threads each (OMP_WAIT_POLICY={s['omp_wait_policy']}), "
                f"jax {s['jax_version']}, torch {s['torch_version']}; 1-min load average "
                f"{s['loadavg_1min_start_end'][0]:.1f} -> {s['loadavg_1min_start_end'][1]:.1f} "
                f"on {os.cpu_count()} cores ('cores' = CPU s per wall s of the timed calls)")
@@ -657,9 +666,13 @@ def write_sweep(records: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
     fh.write("# Train step throughput (forward + backward + clip + Adam)\n\n"
              "Teacher forcing 1.0, dropout 0.5, src_len "
              f"{records[0]['src_len']}, median of {records[0]['repeats']} timed steps "
-             "after one warm-up, implementations interleaved.\n\n" + "\n".join(lines) + "\n")
+             "after one warm-up step, implementations interleaved; "
+             f"{os.cpu_count()} threads each, OMP_WAIT_POLICY="
+             f"{os.environ.get('OMP_WAIT_POLICY')}, 1-min load average at the end "
+             f"{os.getloadavg()[0]:.1f}.\n\n" + "\n".join(lines) + "\n")
   import matplotlib
   matplotlib.use("Agg")
+  import matplotlib.ticker
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
   trg_lens = sorted({t for _, t in keys})
@@ -671,6 +684,8 @@ def write_sweep(records: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
       if pts:
         ax.plot(*zip(*pts), style, color=colors[i % len(colors)], label=f"{impl} T={t}")
   ax.set_xscale("log", base=2)
+  ax.set_xticks(sorted({b for b, _ in keys}))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.set_yscale("log")
   ax.set_xlabel("batch")
   ax.set_ylabel("target tokens / s (train step)")
