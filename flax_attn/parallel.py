@@ -23,8 +23,14 @@ AXIS = "batch"
 
 def initialize(coordinator_address: str | None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
-  """Starts JAX's multi-host runtime when a coordinator is given (else no-op)."""
+  """Starts JAX's multi-host runtime when a coordinator is given (else no-op).
+
+  `"auto"` lets JAX discover the cluster itself (Cloud TPU pod slices, SLURM).
+  """
   if not coordinator_address:
+    return
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
     return
   # CPU collectives across processes need gloo; GPU/TPU choose their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
