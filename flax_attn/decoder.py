@@ -16,6 +16,7 @@ the previous prediction, so the projection and argmax run inside the scan.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 
 from flax_attn.attention import AdditiveAttention, attend, mask_bias
 from flax_attn.config import Seq2SeqConfig
+from flax_attn.deferred import defer_weight_grads
 from flax_attn.gru import GRUCell, dense, gru_update, weight_init
 
 
@@ -42,34 +44,46 @@ class DecoderCache(NamedTuple):
 
 
 class _StepWeights(NamedTuple):
-  """The arrays one decoder step reads (broadcast into the scan)."""
+  """The parameters one decoder step reads, as stored (no copies)."""
 
   w_query: jax.Array      # [dec_hidden, attn]
   v: jax.Array            # [attn]
   w_hh: jax.Array         # [dec_hidden, 3*dec_hidden]
   b_hh: jax.Array         # [3*dec_hidden]
-  w_ic: jax.Array         # [2*enc_hidden, 3*dec_hidden], context rows of W_ih
-  w_ie: jax.Array         # [emb, 3*dec_hidden], embedding rows of W_ih
+  w_ih: jax.Array         # [emb + 2*enc_hidden, 3*dec_hidden], input [emb; context]
   b_ih: jax.Array         # [3*dec_hidden]
   w_out: jax.Array        # [dec_hidden + 2*enc_hidden + emb, trg_vocab]
   b_out: jax.Array        # [trg_vocab]
   embedding: jax.Array    # [trg_vocab, emb]
 
 
-def _recur(w: _StepWeights, cache: DecoderCache, s_BxH, gi_emb_Bx3H, dtype):
-  """Attention on `s`, then the GRU update: returns (s', context, weights)."""
-  query = dense(s_BxH, w.w_query, None, dtype)
-  gh = dense(s_BxH, w.w_hh, w.b_hh, dtype)
+def _recur(w_sh, w_ic, w: _StepWeights, cache: DecoderCache, s_BxH, gi_emb_Bx3H, dtype,
+           z_sh, z_ic):
+  """Teacher-forced step body: attention on `s`, then the GRU update.
+
+  `w_sh = [W_query | W_hh]` gives both projections of `s` in one matmul;
+  `gi_emb` (the embedding's share of the input gates) arrives precomputed;
+  `z_sh`, `z_ic` are the zero offsets of `flax_attn.deferred`. Returns
+  (s', context, weights).
+  """
+  attn_dim = w.v.shape[0]
+  sp = dense(s_BxH, w_sh, None, dtype) + z_sh
+  query, gh = sp[:, :attn_dim], sp[:, attn_dim:] + w.b_hh.astype(jnp.float32)
   context, weights = attend(query, cache.keys, w.v, cache.memory, cache.bias, dtype)
-  gi = gi_emb_Bx3H + dense(context, w.w_ic, None, dtype)
+  gi = gi_emb_Bx3H + dense(context, w_ic, None, dtype) + z_ic
   return gru_update(gi, gh, s_BxH), context, weights
 
 
 def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype):
-  """A whole step from an embedded input: returns (s', logits, weights)."""
-  gi_emb = dense(emb_BxE, w.w_ie, w.b_ih, dtype)
-  s_new, context, weights = _recur(w, cache, s_BxH, gi_emb, dtype)
-  features = jnp.concatenate([s_new, context, emb_BxE.astype(jnp.float32)], axis=-1)
+  """A whole step from an embedded input, reading the parameters as stored:
+  returns (s', logits, weights)."""
+  query = dense(s_BxH, w.w_query, None, dtype)
+  gh = dense(s_BxH, w.w_hh, w.b_hh, dtype)
+  context, weights = attend(query, cache.keys, w.v, cache.memory, cache.bias, dtype)
+  emb = emb_BxE.astype(jnp.float32)
+  gi = dense(jnp.concatenate([emb, context], axis=-1), w.w_ih, w.b_ih, dtype)
+  s_new = gru_update(gi, gh, s_BxH)
+  features = jnp.concatenate([s_new, context, emb], axis=-1)
   return s_new, dense(features, w.w_out, w.b_out, dtype), weights
 
 
@@ -79,10 +93,43 @@ class _TeacherForcedBody(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, s_BxH, gi_emb_Bx3H, consts):
-    w, cache = consts
-    s_new, context, weights = _recur(w, cache, s_BxH, gi_emb_Bx3H, self.dtype)
+  def __call__(self, s_BxH, xs, consts):
+    gi_emb_Bx3H, z_sh, z_ic = xs
+    w_sh, w_ic, w, cache = consts
+    s_new, context, weights = _recur(w_sh, w_ic, w, cache, s_BxH, gi_emb_Bx3H, self.dtype,
+                                     z_sh, z_ic)
     return s_new, (s_new, context, weights)
+
+
+_SCAN_KW = dict(variable_broadcast="params", split_rngs={"params": False},
+                in_axes=(0, nn.broadcast), out_axes=0)
+
+
+@functools.cache
+def _teacher_forced_scan_module(dtype, unroll: int) -> nn.Module:
+  return nn.scan(_TeacherForcedBody, unroll=unroll, **_SCAN_KW)(dtype=dtype, parent=None)
+
+
+def _teacher_forced_run(dtype, unroll, weights, zs, w, cache, s0_BxH, gi_emb_TxBx3H):
+  w_sh, w_ic = weights
+  _, outputs = _teacher_forced_scan_module(dtype, unroll).apply(
+      {}, s0_BxH, (gi_emb_TxBx3H, *zs), (w_sh, w_ic, w, cache))
+  return outputs
+
+
+def _teacher_forced_inputs(outputs, w, cache, s0_BxH, gi_emb_TxBx3H):
+  """What multiplied W_sh (the previous states) and W_ic (the contexts)."""
+  del w, cache, gi_emb_TxBx3H
+  s_TxBxH, c_TxBxM, _ = outputs
+  return jnp.concatenate([s0_BxH[None], s_TxBxH[:-1]], axis=0), c_TxBxM
+
+
+@functools.cache
+def _teacher_forced_scan(dtype, unroll: int):
+  """`f((w_sh, w_ic), z_shapes, w, cache, s0, gi_emb) -> (s, c, a)` stacked over
+  time, with the two big recurrent weights' gradients deferred."""
+  return defer_weight_grads(functools.partial(_teacher_forced_run, dtype, unroll),
+                            _teacher_forced_inputs, 2)
 
 
 class _SampledBody(nn.Module):
@@ -134,20 +181,15 @@ class Decoder(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout)
     # The time loops: nn.scan over parameter-free bodies (every weight arrives
     # as a broadcast argument, so the hoisted matmuls outside share them).
-    scan_kw = dict(variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(0, nn.broadcast), out_axes=0, unroll=cfg.scan_unroll)
-    self.teacher_forced_scan = nn.scan(_TeacherForcedBody, **scan_kw)(
-        dtype=cfg.compute_dtype, name="teacher_forced_scan")
-    self.sampled_scan = nn.scan(_SampledBody, **scan_kw)(
+    # The teacher-forced scan runs as a pure function (see `_teacher_forced_scan`).
+    self.sampled_scan = nn.scan(_SampledBody, unroll=cfg.scan_unroll, **_SCAN_KW)(
         dtype=cfg.compute_dtype, name="sampled_scan")
 
   def _weights(self) -> _StepWeights:
-    emb_dim = self.config.emb_dim
-    w_ih = self.gru.input_kernel
     return _StepWeights(
         w_query=self.attention.query_kernel, v=self.attention.v,
         w_hh=self.gru.recurrent_kernel, b_hh=self.gru.recurrent_bias,
-        w_ic=w_ih[emb_dim:], w_ie=w_ih[:emb_dim], b_ih=self.gru.input_bias,
+        w_ih=self.gru.input_kernel, b_ih=self.gru.input_bias,
         w_out=self.out_kernel, b_out=self.out_bias,
         embedding=self.embedding.embedding)
 
@@ -187,9 +229,15 @@ class Decoder(nn.Module):
     w = self._weights()
     if teacher_forcing >= 1.0:
       emb_BxTxE = self.dropout(self.embedding(trg_in_BxT), deterministic=not train)
-      gi_emb_TxBx3H = dense(emb_BxTxE, w.w_ie, w.b_ih, dtype).transpose(1, 0, 2)
-      _, (s_TxBxH, c_TxBxM, a_TxBxS) = self.teacher_forced_scan(
-          s0_BxH, gi_emb_TxBx3H, (w, cache))
+      # Hoisted out of the scan: the embedding's share of the GRU input gates,
+      # and the fused [W_query | W_hh] both of which multiply the previous state.
+      w_ie, w_ic = w.w_ih[:cfg.emb_dim], w.w_ih[cfg.emb_dim:]
+      w_sh = jnp.concatenate([w.w_query, w.w_hh], axis=1)
+      gi_emb_TxBx3H = dense(emb_BxTxE, w_ie, w.b_ih, dtype).transpose(1, 0, 2)
+      h3 = 3 * cfg.dec_hidden
+      z_shapes = ((trg_len, batch, cfg.attention_dim + h3), (trg_len, batch, h3))
+      s_TxBxH, c_TxBxM, a_TxBxS = _teacher_forced_scan(dtype, cfg.scan_unroll)(
+          (w_sh, w_ic), z_shapes, w, cache, s0_BxH, gi_emb_TxBx3H)
       features = jnp.concatenate(
           [s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2),
            emb_BxTxE.astype(jnp.float32)], axis=-1)

@@ -8,6 +8,7 @@ amount of extra padding changes an output at a real position or a final state.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import chex
@@ -16,16 +17,52 @@ import jax
 import jax.numpy as jnp
 
 from flax_attn.config import Seq2SeqConfig
-from flax_attn.gru import GRUCell, dense, gru_update, weight_init
+from flax_attn.deferred import defer_weight_grads
+from flax_attn.gru import GRUCell, gru_update, weight_init
 
 
-def reverse_within_lengths(x_BxSx: jax.Array, lengths_B: jax.Array) -> jax.Array:
-  """Reverses each row's first `length` positions, leaving padding in place."""
-  t_S = jnp.arange(x_BxSx.shape[1])
-  idx_BxS = jnp.where(t_S[None, :] < lengths_B[:, None], lengths_B[:, None] - 1 - t_S[None, :],
-                      t_S[None, :])
-  idx = idx_BxS.reshape(idx_BxS.shape + (1,) * (x_BxSx.ndim - 2))
-  return jnp.take_along_axis(x_BxSx, idx, axis=1)
+def reverse_within_lengths(x_SxBx: jax.Array, lengths_B: jax.Array) -> jax.Array:
+  """Time-major: reverses each row's first `length` steps, padding stays in place."""
+  t_S = jnp.arange(x_SxBx.shape[0])[:, None]
+  idx_SxB = jnp.where(t_S < lengths_B[None, :], lengths_B[None, :] - 1 - t_S, t_S)
+  idx = idx_SxB.reshape(idx_SxB.shape + (1,) * (x_SxBx.ndim - 2))
+  return jnp.take_along_axis(x_SxBx, idx, axis=0)
+
+
+def _bigru_run(dtype, unroll, weights, zs, b_hh_2x1x3H, gi_f_SxBx3H, gi_b_SxBx3H, mask_SxB):
+  """Both directions' recurrences in one scan (time-major; the backward
+  direction's inputs already reversed within lengths). Returns the states of
+  each direction, `[S, B, H]` twice."""
+  (w_hh_2xHx3H,), (z_Sx2xBx3H,) = weights, zs
+  w_hh = w_hh_2xHx3H.astype(dtype)
+
+  def step(h_2xBxH, xs):
+    gi_f, gi_b, m_B, z_2xBx3H = xs
+    gh = jnp.einsum("dbh,dhk->dbk", h_2xBxH.astype(dtype), w_hh,
+                    preferred_element_type=jnp.float32)
+    gh = gh + b_hh_2x1x3H.astype(jnp.float32) + z_2xBx3H
+    h_new = jnp.stack([gru_update(gi_f, gh[0], h_2xBxH[0]),
+                       gru_update(gi_b, gh[1], h_2xBxH[1])])
+    h_new = jnp.where(m_B[None, :, None], h_new, h_2xBxH)
+    return h_new, (h_new[0], h_new[1])
+
+  src_len, batch, h3 = gi_f_SxBx3H.shape
+  h0 = jnp.zeros((2, batch, h3 // 3), jnp.float32)
+  return jax.lax.scan(step, h0, (gi_f_SxBx3H, gi_b_SxBx3H, mask_SxB, z_Sx2xBx3H),
+                      unroll=unroll)[1]
+
+
+def _bigru_inputs(outputs, b_hh, gi_f, gi_b, mask):
+  """The states that multiplied W_hh at each step (zeros first): `[S, 2, B, H]`."""
+  del b_hh, gi_f, gi_b, mask
+  out = jnp.stack(outputs, axis=1)
+  return (jnp.concatenate([jnp.zeros_like(out[:1]), out[:-1]], axis=0),)
+
+
+@functools.cache
+def _bigru_scan(dtype, unroll: int):
+  """`_bigru_run` with the recurrent kernels' gradients deferred (`flax_attn.deferred`)."""
+  return defer_weight_grads(functools.partial(_bigru_run, dtype, unroll), _bigru_inputs, 1)
 
 
 class BiGRULayer(nn.Module):
@@ -48,34 +85,22 @@ class BiGRULayer(nn.Module):
     self.fwd = GRUCell(**kw)
     self.bwd = GRUCell(**kw)
 
-  def __call__(self, x_BxSxD: jax.Array, lengths_B: jax.Array, mask_BxS: jax.Array):
-    """Returns outputs `[batch, src_len, 2*hidden]` (zero on padding), the
-    forward state at each row's last token and the backward state at its first
-    token (both `[batch, hidden]`)."""
-    batch, src_len, _ = x_BxSxD.shape
-    gi_f = self.fwd.input_gates(x_BxSxD)                                   # [B, S, 3H]
-    gi_b = self.bwd.input_gates(reverse_within_lengths(x_BxSxD, lengths_B))
-    gi_Sx2xBx3H = jnp.stack([gi_f, gi_b], axis=0).transpose(2, 0, 1, 3)
-    w_hh = jnp.stack([self.fwd.recurrent_kernel, self.bwd.recurrent_kernel]).astype(self.dtype)
+  def __call__(self, x_SxBxD: jax.Array, lengths_B: jax.Array, mask_SxB: jax.Array):
+    """Time-major in and out: returns outputs `[src_len, batch, 2*hidden]`
+    (zero on padding), the forward state at each row's last token and the
+    backward state at its first token (both `[batch, hidden]`)."""
+    src_len, batch, _ = x_SxBxD.shape
+    gi_f = self.fwd.input_gates(x_SxBxD)                                   # [S, B, 3H]
+    gi_b = self.bwd.input_gates(reverse_within_lengths(x_SxBxD, lengths_B))
+    w_hh = jnp.stack([self.fwd.recurrent_kernel, self.bwd.recurrent_kernel])
     b_hh = jnp.stack([self.fwd.recurrent_bias, self.bwd.recurrent_bias])[:, None, :]
-    b_hh = b_hh.astype(jnp.float32)
-    step_mask_SxB = mask_BxS.T
-
-    def step(h_2xBxH, xs):
-      gi_2xBx3H, m_B = xs
-      gh = jnp.einsum("dbh,dhk->dbk", h_2xBxH.astype(self.dtype), w_hh,
-                      preferred_element_type=jnp.float32) + b_hh
-      h_new = gru_update(gi_2xBx3H, gh, h_2xBxH)
-      h_new = jnp.where(m_B[None, :, None], h_new, h_2xBxH)
-      return h_new, h_new
-
-    h0 = jnp.zeros((2, batch, self.hidden_dim), jnp.float32)
-    h_last, out_Sx2xBxH = jax.lax.scan(step, h0, (gi_Sx2xBx3H, step_mask_SxB),
-                                       unroll=self.unroll)
-    out_f = out_Sx2xBxH[:, 0].transpose(1, 0, 2)
-    out_b = reverse_within_lengths(out_Sx2xBxH[:, 1].transpose(1, 0, 2), lengths_B)
-    out = jnp.concatenate([out_f, out_b], axis=-1) * mask_BxS[:, :, None]
-    return out, h_last[0], h_last[1]
+    z_shape = (src_len, 2, batch, 3 * self.hidden_dim)
+    out_f, out_b = _bigru_scan(self.dtype, self.unroll)((w_hh,), (z_shape,), b_hh, gi_f, gi_b,
+                                                        mask_SxB)
+    # Padding keeps the state, so the last step holds each row's final state.
+    h_fwd, h_bwd = out_f[-1], out_b[-1]
+    out = jnp.concatenate([out_f, reverse_within_lengths(out_b, lengths_B)], axis=-1)
+    return out * mask_SxB[:, :, None], h_fwd, h_bwd
 
 
 class Encoder(nn.Module):
@@ -117,9 +142,11 @@ class Encoder(nn.Module):
     """
     batch, src_len = src_BxS.shape
     mask_BxS = jnp.arange(src_len)[None, :] < src_lengths_B[:, None]
-    x = self.dropout(self.embedding(src_BxS), deterministic=not train)
+    # Time-major inside: the scans read and write contiguous [batch, ...] slices.
+    x = self.dropout(self.embedding(src_BxS.T), deterministic=not train)
     for layer in self.layers:
-      x, h_fwd, h_bwd = layer(x, src_lengths_B, mask_BxS)
+      x, h_fwd, h_bwd = layer(x, src_lengths_B, mask_BxS.T)
+    x = x.transpose(1, 0, 2)
     s0 = jnp.tanh(self.bridge(jnp.concatenate([h_fwd, h_bwd], axis=-1))).astype(jnp.float32)
     chex.assert_shape(x, (batch, src_len, self.config.memory_dim))
     chex.assert_shape(s0, (batch, self.config.dec_hidden))
