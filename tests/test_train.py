@@ -198,3 +198,29 @@ def test_other_model_config_fails_clearly(full_run, tmp_path):
   assert p.returncode == 2
   assert "different model" in p.stderr and "emb_dim" in p.stderr
   assert "Traceback" not in p.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  wd = tmp_path / "term"
+  cmd = _train_cmd(wd, "--config.num_train_steps=400", "--config.checkpoint_every_steps=10",
+                   "--config.eval_every_steps=1000")
+  p = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not (wd / "checkpoints/10/meta").exists():
+    assert p.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 0, err[-2000:]
+  steps = sorted(int(d.name) for d in (wd / "checkpoints").iterdir() if d.name.isdigit())
+  assert steps and steps[-1] < 400
+  # The newest checkpoint is the step the signal stopped at (not only a periodic one).
+  from flax_attn.checkpoint import load_for_inference
+  assert load_for_inference(wd)[0] == steps[-1]
+
+
+def test_plateau_reduces_scale():
+  from flax_attn.optimizer import Plateau
+  p = Plateau(factor=0.5, patience=1)
+  scales = [p.update(v) for v in (3.0, 2.0, 2.0, 2.0, 1.0, 1.5, 1.5)]
+  assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
