@@ -60,7 +60,7 @@ class Checkpoints:
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, best_metric: str | None = None,
                best_mode: str = "min"):
-    self.workdir = Path(workdir)
+    self.workdir = Path(workdir).absolute()
     self.latest = _manager(self.workdir / LATEST_DIR, keep)
     self.best_metric = best_metric
     self.best = (_manager(self.workdir / BEST_DIR, 1, best_metric, best_mode)
@@ -126,7 +126,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None,
                     which: str = "latest") -> tuple[Path, int]:
   """Resolves a workdir, a manager directory or a step directory to
   (manager directory, step). `which` is "latest" or "best" for a workdir."""
-  path = Path(path)
+  path = Path(path).absolute()
   if not path.exists():
     raise FileNotFoundError(f"no such checkpoint or workdir: {path}")
   if (path / "meta").exists() and (path / "state").exists():  # a step directory

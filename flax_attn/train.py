@@ -192,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from flax_attn.translator import Translator
   parallel.initialize(config.get("coordinator_address") or None,
                       config.get("num_processes") or None, config.get("process_id"))
-  workdir_path = Path(workdir)
+  workdir_path = Path(workdir).absolute()
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = parallel.is_main_process()
   counter = compile_counter()
