@@ -135,6 +135,12 @@ def full_run(tmp_path_factory):
   return wd
 
 
+def test_relative_paths_load(full_run, monkeypatch):
+  from flax_attn import Translator
+  monkeypatch.chdir(full_run.parent)
+  assert Translator.load(full_run.name).step == 40
+
+
 def test_tiny_run_writes_everything(full_run):
   for name in ("metrics.jsonl", "curves.png", "attention.png", "val.hyp.txt", "test.hyp.txt"):
     assert (full_run / name).exists(), name
