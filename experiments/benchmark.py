@@ -108,6 +108,7 @@ class Shapes:
   emb: int = 256
   hidden: int = 512
   dropout: float = 0.5
+  dtype: str = "float32"  # flax_attn's matmul dtype (torch stays float32)
 
   @property
   def tokens(self) -> int:
@@ -445,7 +446,7 @@ def build_models(shapes: Shapes, seed: int = 0):
                                emb=shapes.emb, enc_hid=shapes.hidden, dec_hid=shapes.hidden,
                                dropout=shapes.dropout, pad_id=PAD, seed=seed)
   config, params = params_from_torch(tmodel.state_dict(), pad_id=PAD, bos_id=BOS, eos_id=EOS,
-                                     dropout=shapes.dropout)
+                                     dropout=shapes.dropout, dtype=shapes.dtype)
   return tmodel, config, params
 
 
@@ -519,7 +520,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, impls=IMPLS, repeats: int = 5, wa
   ratios = {w: by[FLAX, w]["tokens_per_s"] / by[TORCH, w]["tokens_per_s"]
             for w in ("train", "greedy") if (FLAX, w) in by and (TORCH, w) in by}
   summary = dict(
-      shapes=dataclasses.asdict(shapes), threads=threads, teacher_forcing=1.0,
+      shapes=dataclasses.asdict(shapes), threads=threads, teacher_forcing=1.0, dtype=shapes.dtype,
       optimizer="adam(1e-3) after clip_by_global_norm(1.0)", dropout_train_mode=shapes.dropout,
       forward_mflop_per_token=flops["forward_per_token"] / 1e6,
       train_mflop_per_token=flops["train_per_token"] / 1e6,
@@ -575,7 +576,8 @@ def format_summary(result: dict[str, Any]) -> str:
         line += (f" [XLA cost analysis, which counts loop bodies once: "
                  f"{r['xla_flops_per_token'] / 1e6:.4g} MFLOP/token]")
       lines.append(line)
-  lines.append(f"setting: teacher forcing {s['teacher_forcing']}, "
+  lines.append(f"setting: flax_attn matmuls in {s.get('dtype', 'float32')} (torch float32), "
+               f"teacher forcing {s['teacher_forcing']}, "
                f"dropout {s['dropout_train_mode']} (train mode), {s['optimizer']}, "
                f"{s['threads']} threads each (OMP_WAIT_POLICY={s['omp_wait_policy']}), "
                f"jax {s['jax_version']}, torch {s['torch_version']}; 1-min load average "
@@ -815,6 +817,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--emb", type=int, default=d.emb)
   p.add_argument("--hidden", type=int, default=d.hidden)
   p.add_argument("--dropout", type=float, default=d.dropout)
+  p.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"),
+                 help="flax_attn matmul dtype (state, softmax and loss stay float32)")
   p.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
   p.add_argument("--what", default="train,greedy,beam", help="subset of train,greedy,beam")
@@ -834,7 +838,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict[str, Any] | list | None:
   args = parse_args(argv)
   shapes = Shapes(args.batch, args.src_len, args.trg_len, args.src_vocab, args.trg_vocab,
-                  args.emb, args.hidden, args.dropout)
+                  args.emb, args.hidden, args.dropout, args.dtype)
   impls = tuple(x for x in args.impls.split(",") if x)
   log = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)
   if args.profile:
