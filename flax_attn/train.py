@@ -22,7 +22,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tqdm
 
@@ -226,7 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   lr_fn = schedule(config.schedule, config.learning_rate, config.warmup_steps, total_steps)
   state = create_train_state(model_config, tx, config.seed)
   plateau = Plateau(factor=config.plateau_factor, patience=config.plateau_patience)
-  restored = ckpts.restore_latest(jax.eval_shape(lambda: state), data_iter)
+  abstract_state = jax.eval_shape(lambda: create_train_state(model_config, tx, config.seed))
+  restored = ckpts.restore_latest(abstract_state, data_iter)
   if restored is not None:
     step0, state, meta = restored
     plateau = Plateau(**meta["plateau"])

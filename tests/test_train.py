@@ -90,7 +90,6 @@ def test_two_processes_identical(tmp_path):
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k])
   # And the 2-process run equals one process with 2 devices on the same global batches.
-  import jax
   from flax_attn import parallel
   from flax_attn.optimizer import make_optimizer
   from flax_attn.train import create_train_state, train_step
