@@ -129,7 +129,7 @@ def _teacher_forced_scan(dtype, unroll: int):
   """`f((w_sh, w_ic), z_shapes, w, cache, s0, gi_emb) -> (s, c, a)` stacked over
   time, with the two big recurrent weights' gradients deferred."""
   return defer_weight_grads(functools.partial(_teacher_forced_run, dtype, unroll),
-                            _teacher_forced_inputs, 2)
+                            _teacher_forced_inputs)
 
 
 class _SampledBody(nn.Module):

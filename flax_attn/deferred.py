@@ -32,7 +32,7 @@ def weight_grad(x: jax.Array, dz: jax.Array, w: jax.Array) -> jax.Array:
   return out.astype(w.dtype)
 
 
-def defer_weight_grads(run: Callable, inputs_of: Callable, num_weights: int) -> Callable:
+def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
   """Wraps `run(weights, zs, *args) -> outputs` so that its weights' gradients
   are computed after the scan.
 
@@ -42,7 +42,6 @@ def defer_weight_grads(run: Callable, inputs_of: Callable, num_weights: int) -> 
       offsets (shape of the products, one per step); `args` differentiable.
     inputs_of: `(outputs, *args) -> tuple of stacked x_t`, the inputs that
       multiplied each weight at each step (`[T, ..., I]`).
-    num_weights: len(weights).
 
   Returns:
     `f(weights, z_shapes, *args) -> outputs`, differentiable in weights and args.
@@ -68,5 +67,4 @@ def defer_weight_grads(run: Callable, inputs_of: Callable, num_weights: int) -> 
     return (dweights, *dargs)
 
   f.defvjp(fwd, bwd)
-  del num_weights
   return f

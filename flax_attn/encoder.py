@@ -62,7 +62,7 @@ def _bigru_inputs(outputs, b_hh, gi_f, gi_b, mask):
 @functools.cache
 def _bigru_scan(dtype, unroll: int):
   """`_bigru_run` with the recurrent kernels' gradients deferred (`flax_attn.deferred`)."""
-  return defer_weight_grads(functools.partial(_bigru_run, dtype, unroll), _bigru_inputs, 1)
+  return defer_weight_grads(functools.partial(_bigru_run, dtype, unroll), _bigru_inputs)
 
 
 class BiGRULayer(nn.Module):

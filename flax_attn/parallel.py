@@ -12,7 +12,6 @@ local devices, and `lax.psum`/`lax.pmean` over `AXIS` span all processes.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -104,10 +103,5 @@ def device_index() -> jax.Array:
   return jax.lax.axis_index(AXIS)
 
 
-@functools.cache
-def _is_main() -> bool:
-  return jax.process_index() == 0
-
-
 def is_main_process() -> bool:
-  return _is_main()
+  return jax.process_index() == 0

@@ -145,7 +145,7 @@ def _check_compatible(saved: dict, model_config: Seq2SeqConfig, where: str) -> N
                      "use another --workdir or the original config")
 
 
-def evaluate_split(config, params, model_config, translator, split, src_ids, trg_ids,
+def evaluate_split(config, params, translator, split, src_ids, trg_ids,
                    buckets, p_eval, max_examples: int = 0, beam_size: int = 1,
                    free_running: bool = False) -> tuple[dict, list[str]]:
   """Loss/perplexity (teacher forced and optionally free running) and the
@@ -270,7 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def run_eval(step: int, split_name: str = "val", final: bool = False) -> dict:
     params = parallel.unreplicate(rstate.params)
     result, hyps = evaluate_split(
-        config, params, model_config, translator_now(params), splits[split_name],
+        config, params, translator_now(params), splits[split_name],
         *encoded[split_name], buckets, p_eval,
         max_examples=0 if final else config.eval_max_examples,
         beam_size=config.beam_size if final else 1, free_running=final)

@@ -30,7 +30,7 @@ def test_same_value_and_gradients():
   # Defer w_h (multiplies h_{t-1}); keep w_x an ordinary argument.
   run = lambda weights, zs, w_x, x, h0: _rnn((w_x, weights[0]), zs, x, h0)
   inputs = lambda out, w_x, x, h0: _inputs(out, x, h0)
-  fast = defer_weight_grads(run, inputs, 1)
+  fast = defer_weight_grads(run, inputs)
 
   def loss_ref(w_x, w_h, x, h0):
     return jnp.sum(jnp.sin(_rnn((w_x, w_h), (jnp.zeros((6, 4, 5)),), x, h0)))
