@@ -9,7 +9,6 @@ compatible checkpoint) gives a one-line error and exit code 2.
 
 import json
 import sys
-from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -32,10 +31,17 @@ class UsageError(Exception):
 
 
 def _read(path: str, what: str) -> list[str]:
-  p = Path(path)
+  from flax_attn import paths
+  p = paths.as_path(path)
   if not p.is_file():
     raise UsageError(f"{what} file {path} does not exist")
-  lines = p.read_text(encoding="utf-8").split("\n")
+  data = p.read_bytes()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise UsageError(f"{what} file {path} is not UTF-8 (line {line})") from None
+  lines = text.split("\n")
   if lines and lines[-1] == "":
     lines.pop()
   if not lines:
@@ -46,7 +52,7 @@ def _read(path: str, what: str) -> list[str]:
 def run() -> dict:
   import ml_collections
 
-  from flax_attn import Translator, experiment, metrics
+  from flax_attn import Translator, experiment, metrics, paths
   if (FLAGS.src is None) != (FLAGS.ref is None):
     raise UsageError("--src and --ref go together")
   if FLAGS.beam_size < 1:
@@ -60,7 +66,7 @@ def run() -> dict:
     src, ref = _read(FLAGS.src, "source"), _read(FLAGS.ref, "reference")
     if len(src) != len(ref):
       raise UsageError(f"{FLAGS.src} has {len(src)} lines but {FLAGS.ref} has {len(ref)}")
-    refs, name = [[r] for r in ref], Path(FLAGS.src).name
+    refs, name = [[r] for r in ref], paths.as_path(FLAGS.src).name
   else:
     try:
       splits = experiment.load_task(config)
@@ -71,9 +77,9 @@ def run() -> dict:
     split = splits[FLAGS.split]
     src, refs, name = split.src, split.references(), FLAGS.split
   hyps = translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
-  out = Path(FLAGS.out) if FLAGS.out else (
-      Path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}.hyp.txt")
-  out.write_text("\n".join(hyps) + "\n", encoding="utf-8")
+  out = paths.as_path(FLAGS.out) if FLAGS.out else (
+      paths.as_path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}.hyp.txt")
+  paths.write_text(out, "\n".join(hyps) + "\n")
   result = {"task": config.task, "split": name, "step": translator.step,
             "beam_size": FLAGS.beam_size, "examples": len(src), "output": str(out)}
   if config.task == "g2p":

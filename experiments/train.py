@@ -2,7 +2,12 @@
 
 Rerunning the same command in the same workdir resumes from its latest
 checkpoint. `--config experiments/configs/dates.py:tiny` picks a preset;
-`--config.key=value` overrides any field.
+`--config.key=value` overrides any field. `--workdir` may be a `gs://` URL.
+
+Exit codes: 0 done; 1 training stopped on non-finite losses; 2 bad config,
+or checkpoints that cannot be restored (the message names the step and the
+cause); 75 stopped by SIGTERM/SIGINT after saving a checkpoint: rerun the
+same command to resume (a scheduler should restart the job).
 """
 
 import logging
@@ -12,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from flax_attn import train
+from flax_attn import checkpoint, preemption, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]",
@@ -36,9 +41,15 @@ def main(argv):
       config.process_id = FLAGS.process_id
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
-  except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+  except train.TrainingPreempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(preemption.EXIT_PREEMPTED)
+  except train.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2 if not isinstance(e, train.NonFiniteLossError) else 1)
+    sys.exit(1)
+  except (checkpoint.RestoreError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   import json
   print(json.dumps({k: v for k, v in result.items()}, default=str))
 

@@ -1,14 +1,24 @@
 """Orbax checkpoints (the `args=` API only): latest K, best by a metric, resume.
 
-Each checkpoint step holds three items:
+Each checkpoint step holds two items:
   state  the `TrainState` (params, optimizer state, step, RNG, lr scale)
-  data   the grain iterator's position
   meta   JSON: the experiment config, the model config, the tokenizers (their
-         files, base64), the bucket widths and host-side schedule state.
+         files, base64), the bucket widths, the data position and host-side
+         schedule state,
 so a checkpoint directory alone is enough to resume, translate or evaluate.
-Saves are asynchronous and atomic (Orbax writes into a temporary directory and
-renames it when complete), so a killed run never leaves a half checkpoint
-that looks finished; a damaged one is skipped with a warning on restore.
+The data position is a pure function of the step (see `flax_attn.train`),
+so no per-process iterator files are needed and a run resumes on any number
+of processes. Workdirs may be URLs (`gs://...`).
+
+Restoring never silently starts over:
+* a step that cannot be read (damaged files, even after one retry) is
+  skipped for an older one, and once an older one restores the damaged step
+  is moved aside to `damaged-<step>-<time>` (renamed, never deleted), so
+  later saves, `evaluate` and `translate` see only good steps;
+* if checkpoints exist and none restores, `RestoreError` names the newest
+  step and the first cause (nothing is moved);
+* a checkpoint whose state has another structure (a changed optimizer)
+  raises `IncompatibleCheckpoint`, naming the paths that differ.
 """
 
 from __future__ import annotations
@@ -17,16 +27,35 @@ import base64
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import grain
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from flax_attn import paths
 from flax_attn import tokenizers as tok_lib
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+
+
+def _handlers() -> dict:
+  return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class RestoreError(Exception):
+  """Checkpoints exist but none can be restored (one-line message)."""
+
+
+class IncompatibleCheckpoint(RestoreError):
+  """The checkpoint's training state does not fit this run's config."""
+
+  def __init__(self, message: str, meta: dict | None = None):
+    super().__init__(message)
+    self.meta = meta
 
 
 def tokenizer_to_json(tokenizer) -> dict[str, str]:
@@ -44,14 +73,53 @@ def tokenizer_from_json(files: dict[str, str]):
     return tok_lib.load_tokenizer(d)
 
 
-def _manager(directory: Path, max_to_keep: int | None, best_metric: str | None = None,
+def first_cause(e: BaseException, limit: int = 240) -> str:
+  """`Type: first line of the message`, shortened to one line."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def key_paths(tree: Any) -> set[str]:
+  """Leaf paths of a pytree as `a/b/0/c` strings (dicts, dataclasses,
+  named tuples and lists all spelled the same way)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(k) for k in path) for path, _ in leaves}
+
+
+def describe_structure_change(saved: set[str], expected: set[str], limit: int = 3) -> str:
+  missing, extra = sorted(expected - saved), sorted(saved - expected)
+  parts = []
+  if extra:
+    parts.append(f"only in the checkpoint: {', '.join(extra[:limit])}"
+                 + (f" (+{len(extra) - limit} more)" if len(extra) > limit else ""))
+  if missing:
+    parts.append(f"only in this run: {', '.join(missing[:limit])}"
+                 + (f" (+{len(missing) - limit} more)" if len(missing) > limit else ""))
+  return "; ".join(parts)
+
+
+def _manager(directory: epath.Path, max_to_keep: int | None, best_metric: str | None = None,
              best_mode: str = "min", read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only,
       best_fn=(lambda m: float(m[best_metric])) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=best_metric is None)
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpoints:
@@ -60,56 +128,101 @@ class Checkpoints:
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 3, best_metric: str | None = None,
                best_mode: str = "min"):
-    self.workdir = Path(workdir).absolute()
+    self.workdir = paths.as_path(workdir)
     self.latest = _manager(self.workdir / LATEST_DIR, keep)
     self.best_metric = best_metric
     self.best = (_manager(self.workdir / BEST_DIR, 1, best_metric, best_mode)
                  if best_metric else None)
 
-  def save(self, step: int, state: Any, data_iter, meta: dict, metrics: dict | None = None,
-           force: bool = False) -> None:
-    """Saves to latest; also to best when metrics with the best metric are given."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iter),
-                              meta=ocp.args.JsonSave(meta))
+  @property
+  def directory(self) -> epath.Path:
+    return self.workdir / LATEST_DIR
+
+  def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> bool:
+    """Saves to latest (unless that step exists); also to best when `metrics`
+    has the best metric. Returns whether a new latest step was written."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    wrote = False
     if step not in self.latest.all_steps():
-      self.latest.save(step, args=args, force=force)
+      wrote = bool(self.latest.save(step, args=args, force=True))
     if self.best is not None and metrics and self.best_metric in metrics:
       if step not in self.best.all_steps():
         self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()},
                        force=True)
+    return wrote
 
   def steps(self) -> list[int]:
+    """Saved steps, newest first."""
     return sorted(self.latest.all_steps(), reverse=True)
 
-  def restore_latest(self, abstract_state: Any, data_iter) -> tuple[int, Any, dict] | None:
-    """Restores the newest checkpoint that loads (older ones if it is damaged).
+  def read_meta(self, step: int) -> dict:
+    return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    Returns (step, state, meta) or None when there is no checkpoint; the data
-    iterator is set to its saved position in place.
+  def _check_structure(self, step: int, abstract_state: Any, meta: dict) -> None:
+    saved = key_paths(self.latest.item_metadata(step)["state"].tree)
+    expected = key_paths(abstract_state)
+    if saved != expected:
+      raise IncompatibleCheckpoint(
+          f"checkpoint step {step} in {self.directory} holds a differently structured "
+          f"training state ({describe_structure_change(saved, expected)})", meta)
+
+  def _restore_state(self, step: int, abstract_state: Any) -> Any:
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    try:
+      return self.latest.restore(step, args=args)["state"]
+    except Exception as e:  # one retry: a transient storage error is not damage
+      logging.warning("checkpoint step %d: restore failed (%s); retrying once", step,
+                      first_cause(e))
+      time.sleep(1.0)
+      return self.latest.restore(step, args=args)["state"]
+
+  def restore_latest(self, abstract_state_for: Callable[[int, dict], Any]
+                     ) -> tuple[int, Any, dict] | None:
+    """Restores the newest checkpoint that reads (see the module docstring).
+
+    `abstract_state_for(step, meta)` gives the target structure for a
+    checkpoint's step and meta (it may raise `IncompatibleCheckpoint`). Returns (step, state, meta),
+    or None when there is no checkpoint at all.
     """
+    damaged: list[tuple[int, str]] = []
     for step in self.steps():
       try:
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iter),
-            meta=ocp.args.JsonRestore()))
-        return step, out["state"], out["meta"]
-      except Exception as e:  # a damaged step: fall back to the previous one
-        logging.warning("checkpoint step %d in %s could not be restored (%s: %s); "
-                        "trying the previous one", step, self.latest.directory,
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        meta = self.read_meta(step)
+      except Exception as e:
+        damaged.append((step, f"meta: {first_cause(e)}"))
+        continue
+      abstract = abstract_state_for(step, meta)
+      try:
+        self._check_structure(step, abstract, meta)
+      except IncompatibleCheckpoint:
+        raise
+      except Exception as e:
+        damaged.append((step, f"state metadata: {first_cause(e)}"))
+        continue
+      try:
+        state = self._restore_state(step, abstract)
+      except Exception as e:
+        damaged.append((step, f"state: {first_cause(e)}"))
+        continue
+      for bad, cause in damaged:
+        self._move_aside(bad, cause)
+      return step, state, meta
+    if damaged:
+      step, cause = damaged[0]
+      raise RestoreError(
+          f"checkpoint step {step} in {self.directory} could not be restored ({cause})"
+          + (f", nor could {len(damaged) - 1} older step(s)" if len(damaged) > 1 else "")
+          + "; nothing was changed: fix or move the directory, or use another --workdir")
     return None
 
-  def latest_meta(self) -> dict | None:
-    """The meta item of the newest readable checkpoint (None if none)."""
-    for step in self.steps():
-      try:
-        return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      except Exception as e:
-        logging.warning("checkpoint step %d meta unreadable (%s); trying the previous one",
-                        step, type(e).__name__)
-    return None
+  def _move_aside(self, step: int, cause: str) -> None:
+    src = self.directory / str(step)
+    dst = self.directory / f"damaged-{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+      logging.warning("checkpoint step %d is damaged (%s); moved aside to %s", step, cause, dst)
+      paths.move_aside(src, dst)
+    _sync(f"flax_attn_move_aside_{step}")
+    self.latest.reload()
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -122,34 +235,62 @@ class Checkpoints:
       self.best.close()
 
 
+def _step_dirs(directory: epath.Path) -> list[int]:
+  """Finalized steps (Orbax's own test: on object stores a step folder is
+  complete only once its commit marker exists), newest first."""
+  return sorted((s for s in ocp.path.step.checkpoint_steps(directory)), reverse=True)
+
+
 def find_checkpoint(path: str | os.PathLike, step: int | None = None,
-                    which: str = "latest") -> tuple[Path, int]:
-  """Resolves a workdir, a manager directory or a step directory to
-  (manager directory, step). `which` is "latest" or "best" for a workdir."""
-  path = Path(path).absolute()
+                    which: str = "latest") -> tuple[epath.Path, list[int]]:
+  """Resolves a workdir, a manager directory or a step directory (local or a
+  URL) to (manager directory, candidate steps newest first). A given `step`
+  or step directory gives exactly that one. `which`: "latest" or "best"."""
+  if which not in ("latest", "best"):
+    raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+  path = paths.as_path(path)
   if not path.exists():
     raise FileNotFoundError(f"no such checkpoint or workdir: {path}")
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path} is a file, not a workdir or checkpoint directory")
   if (path / "meta").exists() and (path / "state").exists():  # a step directory
-    return path.parent, int(path.name)
-  if (path / (BEST_DIR if which == "best" else LATEST_DIR)).is_dir():
-    path = path / (BEST_DIR if which == "best" else LATEST_DIR)
-  steps = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()
-                 and (p / "meta").exists())
+    if not path.name.isdigit():
+      raise FileNotFoundError(f"{path} is not a checkpoint step directory")
+    return path.parent, [int(path.name)]
+  sub = path / (BEST_DIR if which == "best" else LATEST_DIR)
+  if sub.is_dir():
+    path = sub
+  steps = _step_dirs(path)
   if not steps:
     raise FileNotFoundError(f"no checkpoint found in {path}")
   if step is None:
-    return path, steps[-1]
+    return path, steps
   if step not in steps:
-    raise FileNotFoundError(f"no checkpoint for step {step} in {path} (have {steps})")
-  return path, step
+    raise FileNotFoundError(f"no checkpoint for step {step} in {path} (have {sorted(steps)})")
+  return path, [step]
 
 
 def load_for_inference(path: str | os.PathLike, step: int | None = None,
                        which: str = "latest") -> tuple[int, dict, dict]:
-  """(step, params as numpy, meta) from a checkpoint, without the optimizer."""
-  directory, step = find_checkpoint(path, step, which)
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                             item_names=("state", "meta")) as mngr:
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                     meta=ocp.args.JsonRestore()))
-  return step, out["state"]["params"], out["meta"]
+  """(step, params as numpy, meta) from a checkpoint, without the optimizer.
+
+  Without an explicit step, a step that cannot be read is skipped for the
+  next older one (with a warning); `ValueError` if none reads.
+  """
+  directory, candidates = find_checkpoint(path, step, which)
+  causes = []
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  with ocp.CheckpointManager(directory, options=options, item_handlers=_handlers()) as mngr:
+    for s in candidates:
+      try:
+        out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                      meta=ocp.args.JsonRestore()))
+        return s, out["state"]["params"], out["meta"]
+      except Exception as e:
+        causes.append((s, first_cause(e)))
+        if len(candidates) > 1:
+          logging.warning("checkpoint step %d in %s could not be read (%s); trying an older one",
+                          s, directory, causes[-1][1])
+  s, cause = causes[0]
+  raise ValueError(f"checkpoint step {s} in {directory} could not be read ({cause})"
+                   + (f", nor could {len(causes) - 1} older step(s)" if len(causes) > 1 else ""))

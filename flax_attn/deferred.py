@@ -7,15 +7,34 @@ the scan body sees `y_t = x_t stop_gradient(W) + z_t` with `z_t = 0`; the
 backward pass returns `dz_t = dy_t` as a stacked output (no accumulation) and
 the weight gradient becomes one large matmul after the scan:
 `dW = sum_t x_t^T dz_t`. Values and gradients are unchanged.
+
+`with disabled():` traces these scans as plain autodiff instead (the weights
+differentiated inside the scan), the reference the tests compare against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+
+_ENABLED = True
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+  """Within the block, functions from `defer_weight_grads` trace as plain
+  autodiff of `run`. Read when tracing: a function traced before (by
+  `jax.jit`, `make_jaxpr`, ...) keeps the mode of that trace from JAX's cache."""
+  global _ENABLED
+  previous, _ENABLED = _ENABLED, False
+  try:
+    yield
+  finally:
+    _ENABLED = previous
 
 
 def weight_grad(x: jax.Array, dz: jax.Array, w: jax.Array) -> jax.Array:
@@ -44,7 +63,8 @@ def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
       multiplied each weight at each step (`[T, ..., I]`).
 
   Returns:
-    `f(weights, z_shapes, *args) -> outputs`, differentiable in weights and args.
+    `f(weights, z_shapes, *args) -> outputs`, differentiable in weights and
+    args (plain autodiff of `run` when traced under `disabled()`).
   """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -67,4 +87,10 @@ def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
     return (dweights, *dargs)
 
   f.defvjp(fwd, bwd)
-  return f
+
+  def call(weights, z_shapes, *args):
+    if _ENABLED:
+      return f(weights, z_shapes, *args)
+    return run(weights, tuple(jnp.zeros(s, jnp.float32) for s in z_shapes), *args)
+
+  return call

@@ -70,3 +70,94 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
       attn_dim=m.attn_dim or None, dropout=m.dropout, enc_layers=m.enc_layers,
       init_std=m.init_std if m.init_std > 0 else None, dtype=m.dtype,
       scan_unroll=m.get("scan_unroll", 1))
+
+
+# ---- checks before training starts ------------------------------------------------------
+
+# Seq2SeqConfig fields that fix the parameters' shapes or meaning; the others
+# (dtype, param_dtype, dropout, scan_unroll, init_std) may change on resume.
+MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "eos_id",
+                      "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
+# Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
+FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "min_freq", "lowercase",
+                          "sp_vocab_size", "sp_model_type", "num_buckets")
+# Fields that only say where or how this process runs.
+FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",
+                        "data_dir", "download")
+OPTIMIZER_FIELDS = ("optimizer", "clip_norm", "weight_decay")
+
+
+def model_changes(saved: dict, model_config: Seq2SeqConfig) -> tuple[list[str], list[str]]:
+  """(fixed fields that differ, free fields that differ) between a
+  checkpoint's model config and this run's, as `name: old -> new` strings."""
+  now = model_config.to_dict()
+  fixed, free = [], []
+  for k, v in now.items():
+    if k in saved and saved[k] != v:
+      (fixed if k in MODEL_FIELDS_FIXED else free).append(f"{k}: {saved[k]!r} -> {v!r}")
+  return fixed, free
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def experiment_changes(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+  """(changes this run applies, changes the checkpoint overrides) between
+  two experiment configs (JSON dicts), as `name: old -> new` strings; the
+  model section and launch fields are left out."""
+  a, b = _flat(saved), _flat(now)
+  applied, ignored = [], []
+  for k in sorted(set(a) | set(b)):
+    if k.startswith("model.") or k in FIELDS_OF_THE_LAUNCH or a.get(k) == b.get(k):
+      continue
+    change = f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+    (ignored if k in FIELDS_FROM_CHECKPOINT else applied).append(change)
+  return applied, ignored
+
+
+def validate_config(config, device_count: int, process_count: int) -> None:
+  """Raises ValueError (one line) for any value that would crash or silently
+  misbehave later in training, before anything is computed."""
+  def need(cond: bool, message: str) -> None:
+    if not cond:
+      raise ValueError(f"config: {message}")
+
+  if config.task not in TASK_METRICS:
+    raise ValueError(f"config: unknown task {config.task!r}; use one of {sorted(TASK_METRICS)}")
+  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+               "keep_checkpoints", "batch_size", "eval_batch_size", "num_buckets", "beam_size",
+               "max_nonfinite_steps"):
+    value = config.get(name)
+    need(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+  for name in ("num_train_steps", "num_epochs", "eval_max_examples"):
+    value = config.get(name)
+    need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+  need(config.num_train_steps > 0 or config.num_epochs > 0,
+       "set num_train_steps or num_epochs (both are 0)")
+  for name in ("batch_size", "eval_batch_size"):
+    value = config.get(name)
+    need(value % device_count == 0,
+         f"{name}={value} must be a multiple of the {device_count} devices "
+         f"({process_count} process(es)); e.g. {max(device_count, value // device_count * device_count)}")
+  for name in ("max_src_len", "max_trg_len"):
+    need(config.get(name) >= 2, f"{name} must be >= 2 (a token and EOS), got {config.get(name)}")
+  need(0.0 <= config.teacher_forcing <= 1.0,
+       f"teacher_forcing must be in [0, 1], got {config.teacher_forcing}")
+  need(0.0 <= config.label_smoothing < 1.0,
+       f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  need(0.0 <= config.model.dropout < 1.0, f"model.dropout must be in [0, 1), got {config.model.dropout}")
+  need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+  need(config.clip_norm >= 0, f"clip_norm must be >= 0 (0: off), got {config.clip_norm}")
+  need(config.optimizer in ("adam", "adamw"), f"optimizer must be adam or adamw, got {config.optimizer!r}")
+  need(config.schedule in ("constant", "cosine", "rsqrt"),
+       f"schedule must be constant, cosine or rsqrt, got {config.schedule!r}")
+  need(config.model.dtype in ("float32", "bfloat16"),
+       f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+  need(config.get("plateau_patience", 0) >= 0, "plateau_patience must be >= 0")

@@ -4,8 +4,9 @@ Every example is padded to one of a few bucket widths (both source and
 target to the same width), so the train step compiles at most once per
 width. The batch plan of epoch `e` is a pure function of `(seed, e)`: every
 process computes the same plan and takes its own rows
-(`parallel.process_slice`), and the grain iterator's position — saved in the
-checkpoint — is all it takes to resume exactly.
+(`parallel.process_slice`), and the position in the sequence of batches —
+a function of the step, kept in the checkpoint's meta — is all it takes to
+resume exactly, on any number of processes.
 
 Batch layout (numpy, `B` rows, width `W`):
   src `[B, W]` int32 (tokens then EOS, PAD after), src_lengths `[B]` int32,
@@ -132,9 +133,15 @@ class TrainBatches:
     return pad_batch([self.src[k] for k in ix], [self.trg[k] for k in ix], width, self.batch_size)
 
 
-def train_iterator(batches: TrainBatches) -> grain.DatasetIterator:
-  """A grain iterator over `batches`; `get_state()`/`set_state()` resume it."""
-  return iter(grain.MapDataset.source(batches).to_iter_dataset())
+def train_dataset(batches: TrainBatches, start_index: int = 0) -> grain.IterDataset:
+  """The global batches `start_index, start_index + 1, ...` as a grain
+  `IterDataset` (the position is all it takes to resume exactly)."""
+  return grain.MapDataset.source(batches)[start_index:].to_iter_dataset()
+
+
+def train_iterator(batches: TrainBatches, start_index: int = 0) -> grain.DatasetIterator:
+  """An iterator over `train_dataset(batches, start_index)`."""
+  return iter(train_dataset(batches, start_index))
 
 
 def eval_batches(src: Sequence[np.ndarray], trg: Sequence[np.ndarray] | None, batch_size: int,

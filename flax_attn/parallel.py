@@ -48,15 +48,43 @@ def pmap(fn: Callable, donate_state: bool = True, static_broadcasted_argnums=())
                   static_broadcasted_argnums=static_broadcasted_argnums)
 
 
+def local_sharding(num_devices: int | None = None) -> jax.sharding.NamedSharding:
+  """Leading axis split over this process's devices: what `pmap` takes as is."""
+  devices = jax.local_devices()[:num_devices]
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree: Any, num_devices: int | None = None) -> Any:
   """Copies a host pytree onto the local devices (leading axis = devices);
   `num_devices` limits it to the first few (tests)."""
-  devices = jax.local_devices()[:num_devices]
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
-  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
-                         tree)
+  sharding = local_sharding(num_devices)
+  n = len(sharding.mesh.devices)
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
   return jax.device_put(stacked, sharding)
+
+
+def first_copy(tree: Any) -> Any:
+  """The first local device's copy of a replicated tree, left on that device."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def prefetch_to_devices(global_batches, buffer_size: int = 2):
+  """A grain `IterDataset` of global numpy batches -> this process's rows,
+  split over its devices and copied there ahead of use (grain's device_put:
+  a CPU-side thread builds batches, a second one transfers them), so the
+  next batch is ready while the current step runs. Iterator state (for
+  checkpoints) counts consumed batches, not prefetched ones."""
+  import grain
+  return grain.experimental.device_put(global_batches.map(device_batch), local_sharding(),
+                                       cpu_buffer_size=buffer_size, device_buffer_size=buffer_size)
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def unreplicate(tree: Any) -> Any:

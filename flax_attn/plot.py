@@ -12,10 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from flax_attn import paths  # noqa: E402
 
-def training_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> None:
-  """Train and validation loss against step (and the task metric if logged)."""
-  records = [json.loads(line) for line in open(metrics_jsonl) if line.strip()]
+
+def training_curves(metrics: str | os.PathLike | Sequence[dict], out_png: str | os.PathLike) -> None:
+  """Train and validation loss against step (and the task metric if logged).
+
+  `metrics`: a `metrics.jsonl` path (local or URL) or its rows; `out_png`
+  may be a URL too.
+  """
+  if isinstance(metrics, (str, os.PathLike)):
+    metrics = [json.loads(line) for line in paths.read_text(metrics).splitlines() if line.strip()]
+  records = [r for r in metrics if not r.get("final")]
   train = [r for r in records if r.get("split") == "train"]
   val = [r for r in records if r.get("split") == "val"]
   metric = next((k for k in ("bleu_lc", "exact_match", "wer") if val and k in val[-1]), None)
@@ -30,7 +38,7 @@ def training_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike
     ax.plot([r["step"] for r in val], [r[metric] for r in val], "o-")
     ax.set_xlabel("step"); ax.set_ylabel(f"val {metric}")
   fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
+  paths.save_figure(fig, out_png)
   plt.close(fig)
 
 
@@ -57,6 +65,6 @@ def attention_heatmap(src_tokens: Sequence[str], trg_tokens: Sequence[str],
   if own:
     ax.figure.tight_layout()
     if out_png is not None:
-      ax.figure.savefig(out_png, dpi=100)
+      paths.save_figure(ax.figure, out_png)
     plt.close(ax.figure)
   return ax

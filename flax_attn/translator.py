@@ -60,10 +60,15 @@ class Translator:
 
   def translate_ids(self, src_ids: Sequence[np.ndarray], beam_size: int = 1, alpha: float = 0.6,
                     max_len_ratio: float = 1.5, max_len_offset: int = 10,
-                    batch_size: int = 128) -> list[list[int]]:
-    """Token ids (EOS included in the input) -> output ids (no EOS), input order."""
+                    batch_size: int = 128, on_batch=None) -> list[list[int]]:
+    """Token ids (EOS included in the input) -> output ids (no EOS), input order.
+
+    `on_batch()`, if given, runs before each batch (training uses it to stop
+    an evaluation on a signal)."""
     out: list[list[int] | None] = [None] * len(src_ids)
     for ix, batch in eval_batches(src_ids, None, batch_size):
+      if on_batch is not None:
+        on_batch()
       # Whole padded batches and lengths rounded up to 8 bound the compilations.
       src, lengths = batch["src"], batch["src_lengths"]
       max_len = self._max_len(int(lengths.max()), max_len_ratio, max_len_offset)

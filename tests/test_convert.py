@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import require_torch
 
-torch = pytest.importorskip("torch")
+torch = require_torch()
 
 import jax.numpy as jnp  # noqa: E402
 

@@ -1,8 +1,15 @@
-"""Bucketed batches: layout, determinism, resumable iterator, bounded widths."""
+"""Bucketed batches: layout, determinism, resumable iterator, bounded widths;
+property tests of epoch coverage, padding weights and process slices."""
 
+from unittest import mock
+
+import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from flax_attn import parallel
 from flax_attn.input_pipeline import (TrainBatches, bucket_widths, eval_batches, example_widths,
                                       pad_batch, train_iterator)
 from flax_attn.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -69,3 +76,85 @@ def test_eval_batches_keep_every_index():
       np.testing.assert_array_equal(b["src"][r, :len(src[k])], src[k])
     got += list(ix)
   assert sorted(got) == list(range(37))
+
+
+# Property tests (hypothesis): random example lengths, batch sizes, buckets and seeds.
+
+_PROPERTY = settings(max_examples=200, deadline=None, database=None)
+
+
+@st.composite
+def _datasets(draw):
+  """(src, trg): src ids end with EOS (length >= 1), trg ids may be empty."""
+  n = draw(st.integers(1, 40))
+  src_lens = draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
+  trg_lens = draw(st.lists(st.integers(0, 15), min_size=n, max_size=n))
+  rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+  src = [np.append(rng.integers(4, 30, k - 1), EOS_ID).astype(np.int32) for k in src_lens]
+  trg = [rng.integers(4, 30, k).astype(np.int32) for k in trg_lens]
+  return src, trg
+
+
+def _train_batches(data, batch_size, num_buckets, multiple, seed):
+  src, trg = data
+  buckets = bucket_widths(example_widths(src, trg), num_buckets, multiple)
+  return TrainBatches(src, trg, batch_size=batch_size, buckets=buckets, seed=seed)
+
+
+@_PROPERTY
+@given(data=_datasets(), batch_size=st.integers(1, 12), num_buckets=st.integers(1, 4),
+       multiple=st.sampled_from([1, 4]), seed=st.integers(0, 2**31), epoch=st.integers(0, 3))
+def test_property_epoch_exactly_once_and_padding_weightless(data, batch_size, num_buckets,
+                                                            multiple, seed, epoch):
+  src, trg = data
+  tb = _train_batches(data, batch_size, num_buckets, multiple, seed)
+  plan = tb.plan(epoch)
+  assert len(plan) == tb.batches_per_epoch
+  assert sorted(np.concatenate([ix for ix, _ in plan]).tolist()) == list(range(len(src)))
+  tokens = 0.0
+  for j, (ix, width) in enumerate(plan):
+    b = tb[epoch * tb.batches_per_epoch + j]
+    assert b["src"].shape == (batch_size, width) and width in tb.buckets
+    pos = np.arange(width)[None, :]
+    # Source: the example's ids, PAD after its length; filler rows are [EOS], length 1.
+    n_src = np.array([len(src[k]) for k in ix] + [1] * (batch_size - len(ix)))
+    np.testing.assert_array_equal(b["src_lengths"], n_src)
+    np.testing.assert_array_equal(b["src"] == PAD_ID, pos >= n_src[:, None])
+    for r, k in enumerate(ix):
+      np.testing.assert_array_equal(b["src"][r, :len(src[k])], src[k])
+      np.testing.assert_array_equal(b["trg_out"][r, :len(trg[k]) + 1], np.append(trg[k], EOS_ID))
+      np.testing.assert_array_equal(b["trg_in"][r, :len(trg[k]) + 1], np.insert(trg[k], 0, BOS_ID))
+    # Weights are exactly 1 at real targets (tokens then EOS) and exactly 0 elsewhere:
+    # at every padded position and on every filler row.
+    n_trg = np.array([len(trg[k]) + 1 for k in ix] + [0] * (batch_size - len(ix)))
+    real = pos < n_trg[:, None]
+    np.testing.assert_array_equal(b["weights"], real.astype(np.float32))
+    assert np.all(b["trg_out"][~real] == PAD_ID) and np.all(b["trg_out"][real] != PAD_ID)
+    tokens += b["weights"].sum()
+  assert tokens == sum(len(t) + 1 for t in trg)
+
+
+@_PROPERTY
+@given(data=_datasets(), processes=st.integers(1, 4), rows_per_process=st.integers(1, 4),
+       seed=st.integers(0, 2**31))
+def test_property_process_slices_partition_global_batch(data, processes, rows_per_process,
+                                                        seed):
+  tb = _train_batches(data, processes * rows_per_process, 2, 4, seed)
+  for i in range(min(tb.batches_per_epoch, 4)):
+    batch = tb[i]
+    batch["row"] = np.arange(processes * rows_per_process)   # identifies global rows
+    parts = []
+    for p in range(processes):
+      with mock.patch.object(jax, "process_count", return_value=processes), \
+          mock.patch.object(jax, "process_index", return_value=p):
+        parts.append(parallel.process_slice(batch))
+    rows = np.concatenate([part["row"] for part in parts])
+    assert all(len(part["row"]) == rows_per_process for part in parts)
+    assert sorted(rows.tolist()) == list(range(len(rows)))          # disjoint and covering
+    for key, value in batch.items():                                # rows kept whole
+      np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value)
+  if processes > 1:
+    with mock.patch.object(jax, "process_count", return_value=processes), \
+        mock.patch.object(jax, "process_index", return_value=0), \
+        pytest.raises(ValueError, match="does not split"):
+      parallel.process_slice({"src": np.zeros((processes * rows_per_process + 1, 3))})

@@ -3,11 +3,9 @@ damaged checkpoints, config mismatch, non-finite steps."""
 
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +67,24 @@ def test_non_finite_step_is_rejected():
   step = parallel.pmap(functools.partial(train_step, model_config=CFG, tx=tx))
   new, m = step(parallel.replicate(bad, 1), parallel.shard(global_batch(0), 1))
   assert not bool(m["ok"][0])
-  assert int(new.step[0]) == 0
+  assert int(new.step[0]) == 1  # the batch is skipped, the step counter moves on
   _tree_close(parallel.unreplicate(new.opt_state), bad.opt_state)
+  _tree_close(parallel.unreplicate(new.params), bad.params)
+
+
+def test_rejections_are_counted_and_a_streak_stops():
+  import jax.numpy as jnp
+  from flax_attn.train import accumulate, init_metrics
+  acc = init_metrics()
+  good = {"loss_sum": jnp.float32(2.0), "nll_sum": jnp.float32(1.5), "weight_sum": jnp.float32(4.0),
+          "grad_norm": jnp.float32(0.5), "ok": jnp.bool_(True)}
+  bad = {**{k: jnp.float32(jnp.nan) for k in good}, "ok": jnp.bool_(False)}
+  for step, m in enumerate([good, bad, bad, good, bad, bad, bad, good], start=1):
+    acc = accumulate(acc, m, jnp.int32(step), max_nonfinite=3)
+  assert float(acc["loss_sum"]) == 6.0 and float(acc["weight_sum"]) == 12.0  # NaNs left out
+  assert int(acc["steps"]) == 3 and int(acc["rejected"]) == 5
+  assert int(acc["stop_step"]) == 7  # the third rejection in a row
+  assert int(acc["streak"]) == 0
 
 
 def test_two_processes_identical(tmp_path):
@@ -105,46 +119,21 @@ def test_two_processes_identical(tmp_path):
 
 # ---- end to end through experiments/train.py ---------------------------------------------
 
-def _train_cmd(workdir, *overrides):
-  return [sys.executable, str(REPO / "experiments/train.py"),
-          f"--config={REPO / 'experiments/configs/dates.py'}:tiny", f"--workdir={workdir}",
-          *overrides]
+from _runs import (DATES_40, ENV, assert_trees_equal, final_params, kill_after,  # noqa: E402
+                   metric_rows, run, train_cmd)
 
 
-_ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
-
-
-def _run(cmd):
-  p = subprocess.run(cmd, env=_ENV, capture_output=True, text=True, timeout=300)
-  assert p.returncode == 0, p.stderr[-3000:]
-  return p
-
-
-def _final_params(workdir):
-  from flax_attn.checkpoint import load_for_inference
-  step, params, _ = load_for_inference(workdir)
-  return step, params
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("full")
-  _run(_train_cmd(wd, "--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
-                  "--config.eval_every_steps=20"))
-  return wd
-
-
-def test_relative_paths_load(full_run, monkeypatch):
+def test_relative_paths_load(dates_run, monkeypatch):
   from flax_attn import Translator
-  monkeypatch.chdir(full_run.parent)
-  assert Translator.load(full_run.name).step == 40
+  monkeypatch.chdir(dates_run.parent)
+  assert Translator.load(dates_run.name).step == 40
 
 
-def test_tiny_run_writes_everything(full_run):
+def test_tiny_run_writes_everything(dates_run):
   for name in ("metrics.jsonl", "curves.png", "attention.png", "val.hyp.txt", "test.hyp.txt"):
-    assert (full_run / name).exists(), name
+    assert (dates_run / name).exists(), name
   from flax_attn import Translator
-  t = Translator.load(full_run)
+  t = Translator.load(dates_run)
   assert t.step == 40
   out = t.translate(["3 march 1998", "", "tuesday, 3 march 1998"])
   assert len(out) == 3 and out[1] == ""
@@ -152,76 +141,33 @@ def test_tiny_run_writes_everything(full_run):
     t.translate(["a", None])
 
 
-def test_exact_resume_after_sigkill(full_run, tmp_path):
+def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
   wd = tmp_path / "killed"
-  cmd = _train_cmd(wd, "--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
-                   "--config.eval_every_steps=20")
-  p = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while not (wd / "checkpoints/20/meta").exists():
-    assert p.poll() is None and time.time() < deadline, "run ended before its step-20 checkpoint"
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
-  _run(cmd)
-  step_a, a = _final_params(full_run)
-  step_b, b = _final_params(wd)
+  cmd = train_cmd(wd, *DATES_40)
+  p, _ = kill_after(cmd, lambda: (wd / "checkpoints/30").exists(), "the step-30 checkpoint")
+  assert p.returncode == -signal.SIGKILL
+  run(cmd)
+  step_a, a = final_params(dates_run)
+  step_b, b = final_params(wd)
   assert step_a == step_b == 40
-  import jax
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_equal(a, b)
+  # metrics.jsonl: the rows logged after step 30 before the kill are not repeated.
+  assert metric_rows(wd) == metric_rows(dates_run)
 
 
-def test_damaged_latest_checkpoint_falls_back(full_run, tmp_path):
-  wd = tmp_path / "damaged"
-  shutil.copytree(full_run, wd)
-  latest = wd / "checkpoints/40/state"
-  for f in latest.rglob("*"):
-    if f.is_file():
-      f.write_bytes(b"garbage")
-  import jax
-  from flax_attn import checkpoint as ckpt_lib
-  from flax_attn.input_pipeline import TrainBatches, train_iterator
-  from flax_attn.optimizer import make_optimizer
-  from flax_attn.train import create_train_state
-  _, _, meta = ckpt_lib.load_for_inference(full_run)
-  cfg = Seq2SeqConfig.from_dict(meta["model_config"])
-  tx = make_optimizer()
-  state = create_train_state(cfg, tx, 0)
-  ckpts = ckpt_lib.Checkpoints(wd, keep=3)
-  it = train_iterator(TrainBatches([np.array([3], np.int32)], [np.array([4], np.int32)], 1, (4,), 0))
-  restored = ckpts.restore_latest(jax.eval_shape(lambda: state), it)
-  ckpts.close()
-  assert restored is not None and restored[0] == 30
-
-
-def test_other_model_config_fails_clearly(full_run, tmp_path):
-  wd = tmp_path / "other"
-  shutil.copytree(full_run, wd)
-  p = subprocess.run(_train_cmd(wd, "--config.num_train_steps=50", "--config.model.emb_dim=12"),
-                     env=_ENV, capture_output=True, text=True, timeout=300)
-  assert p.returncode == 2
-  assert "different model" in p.stderr and "emb_dim" in p.stderr
-  assert "Traceback" not in p.stderr
-
-
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
-  wd = tmp_path / "term"
-  cmd = _train_cmd(wd, "--config.num_train_steps=400", "--config.checkpoint_every_steps=10",
-                   "--config.eval_every_steps=1000")
-  p = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while not (wd / "checkpoints/10/meta").exists():
-    assert p.poll() is None and time.time() < deadline
-    time.sleep(0.05)
-  p.send_signal(signal.SIGTERM)
-  _, err = p.communicate(timeout=120)
-  assert p.returncode == 0, err[-2000:]
-  steps = sorted(int(d.name) for d in (wd / "checkpoints").iterdir() if d.name.isdigit())
-  assert steps and steps[-1] < 400
-  # The newest checkpoint is the step the signal stopped at (not only a periodic one).
-  from flax_attn.checkpoint import load_for_inference
-  assert load_for_inference(wd)[0] == steps[-1]
+@pytest.mark.parametrize("override, message", [
+    ("--config.eval_batch_size=30", "eval_batch_size=30 must be a multiple of the 4 devices"),
+    ("--config.batch_size=30", "batch_size=30 must be a multiple of the 4 devices"),
+    ("--config.eval_every_steps=0", "eval_every_steps must be an integer >= 1"),
+    ("--config.log_every_steps=0", "log_every_steps must be an integer >= 1"),
+    ("--config.max_trg_len=1", "max_trg_len must be >= 2"),
+    ("--config.final_eval_splits=('val','nope')", "final_eval_splits ['nope']"),
+])
+def test_bad_config_fails_before_training(tmp_path, override, message):
+  env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  p = run(train_cmd(tmp_path / "wd", override), env=env, expect=2)
+  assert message in p.stderr and "Traceback" not in p.stderr
+  assert not (tmp_path / "wd" / "checkpoints").exists()
 
 
 def test_plateau_reduces_scale():

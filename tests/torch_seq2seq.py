@@ -8,6 +8,9 @@ biases 0) and its teacher-forcing loop with one coin per step.
 
 It is the reference for the parity tests and the PyTorch side of
 `experiments/benchmark.py`; the state_dict keys are the tutorial's.
+`enc_layers > 1` stacks bidirectional layers in the one `nn.GRU` (no dropout
+between them, as in `flax_attn.encoder`); the bridge reads the last layer's
+final states, so its keys gain `_l1`, `_l1_reverse`, ... as `convert` expects.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import torch.nn.functional as F
 
 class Encoder(nn.Module):
 
-  def __init__(self, input_dim, emb_dim, enc_hid_dim, dec_hid_dim, dropout):
+  def __init__(self, input_dim, emb_dim, enc_hid_dim, dec_hid_dim, dropout, n_layers=1):
     super().__init__()
     self.embedding = nn.Embedding(input_dim, emb_dim)
-    self.rnn = nn.GRU(emb_dim, enc_hid_dim, bidirectional=True)
+    self.rnn = nn.GRU(emb_dim, enc_hid_dim, num_layers=n_layers, bidirectional=True)
     self.fc = nn.Linear(enc_hid_dim * 2, dec_hid_dim)
     self.dropout = nn.Dropout(dropout)
 
@@ -34,6 +37,7 @@ class Encoder(nn.Module):
     packed = nn.utils.rnn.pack_padded_sequence(embedded, src_len.cpu(), enforce_sorted=False)
     packed_outputs, hidden = self.rnn(packed)
     outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_outputs, total_length=src.shape[0])
+    # hidden: [2*n_layers, batch, enc_hid]; the last layer's forward and backward.
     hidden = torch.tanh(self.fc(torch.cat((hidden[-2], hidden[-1]), dim=1)))
     return outputs, hidden  # [src_len, batch, 2*enc_hid], [batch, dec_hid]
 
@@ -122,11 +126,12 @@ def init_weights(m: nn.Module) -> None:
 
 
 def build(src_vocab=7853, trg_vocab=5893, emb=256, enc_hid=512, dec_hid=512, dropout=0.5,
-          pad_id=1, seed=0, init_std=None) -> Seq2Seq:
-  """The tutorial model (its default sizes); `init_std` replaces 0.01 in the init."""
+          pad_id=1, seed=0, init_std=None, enc_layers=1) -> Seq2Seq:
+  """The tutorial model (its default sizes); `init_std` replaces 0.01 in the
+  init; `enc_layers` stacks bidirectional encoder GRUs."""
   torch.manual_seed(seed)
   attn = Attention(enc_hid, dec_hid)
-  model = Seq2Seq(Encoder(src_vocab, emb, enc_hid, dec_hid, dropout),
+  model = Seq2Seq(Encoder(src_vocab, emb, enc_hid, dec_hid, dropout, enc_layers),
                   Decoder(trg_vocab, emb, enc_hid, dec_hid, dropout, attn), pad_id)
   if init_std is None:
     model.apply(init_weights)

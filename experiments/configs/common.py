@@ -38,8 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_patience = 0     # >0: reduce-on-plateau on the validation loss
   c.plateau_factor = 0.5
   c.seed = 0
+  c.max_nonfinite_steps = 20  # stop after this many consecutive rejected (NaN/inf) steps
   # Logging, evaluation, checkpoints.
-  c.log_every_steps = 50
+  c.log_every_steps = 50     # metrics stay on the device between these fetches
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

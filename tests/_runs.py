@@ -1,0 +1,67 @@
+"""Helpers for tests that run `experiments/*.py` as subprocesses."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+# The small dates run most tests share: 40 steps, checkpoints every 10.
+DATES_40 = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
+            "--config.eval_every_steps=20")
+
+
+def train_cmd(workdir, *overrides, config="dates.py:tiny"):
+  return [sys.executable, str(REPO / "experiments/train.py"),
+          f"--config={REPO / 'experiments/configs' / config}", f"--workdir={workdir}", *overrides]
+
+
+def run(cmd, env=None, expect=0, stdin=None, timeout=300):
+  p = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout,
+                     input=stdin)
+  assert p.returncode == expect, f"exit {p.returncode}, expected {expect}\n{p.stderr[-3000:]}"
+  return p
+
+
+def wait_for(predicate, proc, what: str, timeout: float = 240):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, f"process ended ({proc.returncode}) before {what}"
+    assert time.time() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.05)
+
+
+def kill_after(cmd, predicate, what: str, sig=signal.SIGKILL, env=None):
+  """Starts `cmd`, sends `sig` once `predicate()` holds; returns (proc, stderr)."""
+  p = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+  wait_for(predicate, p, what)
+  p.send_signal(sig)
+  _, err = p.communicate(timeout=240)
+  return p, err
+
+
+def final_params(workdir):
+  from flax_attn.checkpoint import load_for_inference
+  step, params, _ = load_for_inference(workdir)
+  return step, params
+
+
+def assert_trees_equal(a, b):
+  import jax
+  import numpy as np
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) > 0
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def metric_rows(workdir):
+  """(step, split) of every metrics.jsonl row, in order."""
+  import json
+  from flax_attn import paths
+  text = paths.read_text(paths.as_path(workdir) / "metrics.jsonl")
+  return [(r["step"], r["split"]) for r in map(json.loads, text.splitlines()) if r]
