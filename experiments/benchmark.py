@@ -5,6 +5,7 @@
   python experiments/benchmark.py --what train --repeats 3
   python experiments/benchmark.py --sweep            # batch x trg_len grid, train step
   python experiments/benchmark.py --profile          # where the flax train step spends time
+  python experiments/benchmark.py --loop             # training loop vs bare step (dates, g2p)
 
 Setting (the same on both sides, printed with the results):
   * shapes of bentrevett/pytorch-seq2seq tutorial 4: batch 128, vocabularies
@@ -831,6 +832,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--sweep_repeats", type=int, default=2)
   p.add_argument("--out_dir", default=os.path.join(_REPO, "experiments", "results"))
   p.add_argument("--profile", action="store_true", help="time parts of the flax train step")
+  p.add_argument("--loop", action="store_true",
+                 help="whole training loop (input pipeline included) vs the bare step")
+  p.add_argument("--loop_configs", default="dates,g2p")
+  p.add_argument("--loop_steps", default="300,60", help="steps per config for --loop")
   p.add_argument("--profile_unrolls", default="1,4", help="scan_unroll values for --profile")
   return p.parse_args(argv)
 
@@ -846,6 +851,17 @@ def main(argv=None) -> dict[str, Any] | list | None:
     if args.json:
       print(json.dumps({"profile_ms": out}))
     return out
+  if args.loop:
+    import loop_benchmark
+    rows = []
+    for name, steps in zip(args.loop_configs.split(","), _ints(args.loop_steps)):
+      log(f"loop vs bare step: {name}, {steps} steps x {args.repeats} repeats")
+      rows.append(loop_benchmark.measure(name, steps, args.repeats))
+      if args.json:
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.json:
+      print(loop_benchmark.format_rows(rows))
+    return rows
   if args.sweep:
     records = run_sweep(shapes, _ints(args.sweep_batches), _ints(args.sweep_trg_lens),
                         args.sweep_repeats, args.out_dir, impls, args.seed, log)

@@ -3,8 +3,9 @@
   python experiments/evaluate.py --workdir DIR [--split val|test|test2017]
       [--src FILE --ref FILE] [--beam_size K] [--which latest|best] [--step N] [--out FILE]
 
-Bad input (missing/empty files, mismatched line counts, a workdir without a
-compatible checkpoint) gives a one-line error and exit code 2.
+Bad input (unknown or invalid flags, missing/empty/non-UTF-8 files,
+mismatched line counts, an unknown split, a workdir without a compatible
+checkpoint) gives a one-line `error: ...` on stderr and exit code 2.
 """
 
 import json
@@ -32,10 +33,15 @@ class UsageError(Exception):
 
 def _read(path: str, what: str) -> list[str]:
   from flax_attn import paths
-  p = paths.as_path(path)
-  if not p.is_file():
-    raise UsageError(f"{what} file {path} does not exist")
-  data = p.read_bytes()
+  try:
+    p = paths.as_path(path)
+    if not p.exists():
+      raise UsageError(f"{what} file {path} does not exist")
+    if not p.is_file():
+      raise UsageError(f"{what} file {path} is not a file")
+    data = p.read_bytes()
+  except (OSError, ValueError) as e:
+    raise UsageError(f"cannot read {what} file {path!r}: {e}") from None
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -57,15 +63,18 @@ def run() -> dict:
     raise UsageError("--src and --ref go together")
   if FLAGS.beam_size < 1:
     raise UsageError(f"--beam_size must be >= 1, got {FLAGS.beam_size}")
+  if not FLAGS.alpha >= 0:
+    raise UsageError(f"--alpha must be >= 0, got {FLAGS.alpha}")
+  if FLAGS.src is not None:  # checked before the (slower) checkpoint load
+    src, ref = _read(FLAGS.src, "source"), _read(FLAGS.ref, "reference")
+    if len(src) != len(ref):
+      raise UsageError(f"{FLAGS.src} has {len(src)} lines but {FLAGS.ref} has {len(ref)}")
   try:
     translator = Translator.load(FLAGS.workdir, step=FLAGS.step, which=FLAGS.which)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   config = ml_collections.ConfigDict(translator.meta["experiment"])
   if FLAGS.src is not None:
-    src, ref = _read(FLAGS.src, "source"), _read(FLAGS.ref, "reference")
-    if len(src) != len(ref):
-      raise UsageError(f"{FLAGS.src} has {len(src)} lines but {FLAGS.ref} has {len(ref)}")
     refs, name = [[r] for r in ref], paths.as_path(FLAGS.src).name
   else:
     try:
@@ -79,7 +88,10 @@ def run() -> dict:
   hyps = translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
   out = paths.as_path(FLAGS.out) if FLAGS.out else (
       paths.as_path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}.hyp.txt")
-  paths.write_text(out, "\n".join(hyps) + "\n")
+  try:
+    paths.write_text(out, "\n".join(hyps) + "\n")
+  except OSError as e:
+    raise UsageError(f"cannot write {out}: {e}") from None
   result = {"task": config.task, "split": name, "step": translator.step,
             "beam_size": FLAGS.beam_size, "examples": len(src), "output": str(out)}
   if config.task == "g2p":
@@ -89,6 +101,15 @@ def run() -> dict:
   else:
     result["exact_match"] = 100.0 * metrics.exact_match(hyps, refs)
   return result
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag is a one-line error with exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -104,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

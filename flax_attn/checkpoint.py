@@ -249,6 +249,7 @@ def find_checkpoint(path: str | os.PathLike, step: int | None = None,
   if which not in ("latest", "best"):
     raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
   path = paths.as_path(path)
+  paths.refresh(path)
   if not path.exists():
     raise FileNotFoundError(f"no such checkpoint or workdir: {path}")
   if not path.is_dir():

@@ -30,6 +30,20 @@ def as_path(path: str | os.PathLike | epath.Path) -> epath.Path:
   return epath.Path(text if is_url(text) else os.path.abspath(text))
 
 
+def refresh(path: str | os.PathLike) -> None:
+  """Forgets cached listings of `path`'s object store (gcsfs caches folder
+  listings per process, so a long-lived process, a notebook kernel say,
+  would not see checkpoints another process wrote since)."""
+  if not is_url(path):
+    return
+  from etils.epath import backend
+  try:
+    fs = backend.fsspec_backend.fs(os.fspath(path))  # the instance epath itself uses
+  except (ImportError, ValueError):  # no fsspec for this scheme: nothing cached by it
+    return
+  fs.invalidate_cache()
+
+
 def write_text(path: epath.Path, text: str) -> None:
   """Writes a whole file; a local file is replaced atomically (write + rename)."""
   path = as_path(path)

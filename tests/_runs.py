@@ -35,13 +35,16 @@ def wait_for(predicate, proc, what: str, timeout: float = 240):
 
 
 def kill_after(cmd, predicate, what: str, sig=signal.SIGKILL, env=None):
-  """Starts `cmd`, sends `sig` once `predicate()` holds; returns (proc, stderr)."""
-  p = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True)
-  wait_for(predicate, p, what)
-  p.send_signal(sig)
-  _, err = p.communicate(timeout=240)
-  return p, err
+  """Starts `cmd`, sends `sig` once `predicate()` holds; returns (proc, stderr).
+  (stderr goes to a file: a pipe nobody reads would block a chatty child.)"""
+  import tempfile
+  with tempfile.TemporaryFile("w+") as err:
+    p = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    wait_for(predicate, p, what)
+    p.send_signal(sig)
+    p.wait(timeout=240)
+    err.seek(0)
+    return p, err.read()
 
 
 def final_params(workdir):
@@ -65,3 +68,23 @@ def metric_rows(workdir):
   from flax_attn import paths
   text = paths.read_text(paths.as_path(workdir) / "metrics.jsonl")
   return [(r["step"], r["split"]) for r in map(json.loads, text.splitlines()) if r]
+
+
+def spawn(cmd, env=None):
+  """Starts `cmd` with stdout and stderr in temporary files (never a pipe
+  that could fill up); `finish(p)` waits and returns (stdout, stderr)."""
+  import tempfile
+  out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+  p = subprocess.Popen(cmd, env=env or ENV, stdout=out, stderr=err, text=True)
+  p.files = (out, err)
+  return p
+
+
+def finish(p, timeout=300):
+  p.wait(timeout=timeout)
+  texts = []
+  for f in p.files:
+    f.seek(0)
+    texts.append(f.read())
+    f.close()
+  return tuple(texts)

@@ -4,11 +4,10 @@ only ONE process gets the signal."""
 
 import re
 import signal
-import subprocess
-import sys
 import time
 
-from _runs import ENV, assert_trees_equal, final_params, metric_rows, run, train_cmd, wait_for
+from _runs import (ENV, assert_trees_equal, final_params, finish, metric_rows, run, spawn,
+                   train_cmd, wait_for)
 
 EXIT_PREEMPTED = 75
 # Slow enough steps (hidden 128) that a signal lands mid-training; a constant
@@ -28,10 +27,10 @@ def _stopped_step(stderr: str) -> int:
 def test_sigterm_saves_exits_75_and_resumes_exactly(tmp_path):
   wd = tmp_path / "term"
   cmd = train_cmd(wd, *SLOW, "--config.num_train_steps=400")
-  p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  p = spawn(cmd)
   wait_for(lambda: (wd / "checkpoints/10").exists(), p, "the step-10 checkpoint")
   p.send_signal(signal.SIGTERM)
-  _, err = p.communicate(timeout=120)
+  _, err = finish(p, timeout=120)
   assert p.returncode == EXIT_PREEMPTED, err[-2000:]
   stop = _stopped_step(err)
   assert 10 <= stop < 400
@@ -51,12 +50,12 @@ def test_signal_during_evaluation_is_honoured_and_the_evaluation_redone(tmp_path
                   "--config.checkpoint_every_steps=10", "--config.log_every_steps=5",
                   "--config.task_kwargs.num_val=4000", "--config.eval_batch_size=8",
                   "--config.final_eval_splits=('test',)")
-  p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  p = spawn(cmd)
   wait_for(lambda: (wd / "metrics.jsonl").exists() and (20, "train") in metric_rows(wd), p,
            "the step-20 log row (the evaluation follows it)")
   t0 = time.time()
   p.send_signal(signal.SIGINT)  # Colab's "interrupt" is a SIGINT
-  _, err = p.communicate(timeout=120)
+  _, err = finish(p, timeout=120)
   waited = time.time() - t0
   assert p.returncode == EXIT_PREEMPTED, err[-2000:]
   assert _stopped_step(err) == 20
@@ -76,14 +75,13 @@ def _two_process_cmds(wd, port, *overrides):
 
 
 def _start(cmds):
-  return [subprocess.Popen(c, env={**ENV, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for c in cmds]
+  return [spawn(c, env={**ENV, "JAX_PLATFORMS": "cpu"}) for c in cmds]
 
 
 def _finish(procs, expect):
   outs = []
   for p in procs:
-    out, err = p.communicate(timeout=300)
+    out, err = finish(p)
     assert p.returncode == expect, f"exit {p.returncode}\n{err[-3000:]}"
     outs.append((out, err))
   return outs

@@ -1,0 +1,134 @@
+"""experiments/evaluate.py and experiments/translate.py on a tiny `dates` run:
+every bad input is a one-line `error: ...` with exit code 2, never a traceback.
+
+Runs everywhere (no Multi30k needed): one `dates:tiny` training (~20 s) is
+shared by the module; each CLI call is a fresh Python process (~1-3 s).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+
+
+def _cli(script, *args, stdin=b""):
+  p = subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)],
+                     env=ENV, capture_output=True, input=stdin, timeout=300)
+  return (p.returncode, p.stdout.decode("utf-8", "replace"),
+          p.stderr.decode("utf-8", "replace"))
+
+
+def _assert_usage_error(result, expected: str) -> str:
+  """Exit 2, one `error:` line containing `expected`, no traceback."""
+  rc, _, err = result
+  assert rc == 2, f"exit {rc}\n{err[-3000:]}"
+  assert "Traceback" not in err, err[-3000:]
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, err[-3000:]
+  assert expected in errors[0], errors[0]
+  return errors[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("dates_tiny")
+  p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
+                      f"--config={REPO / 'experiments/configs/dates.py'}:tiny",
+                      f"--workdir={workdir}"],
+                     env=ENV, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  d = tmp_path_factory.mktemp("cli_files")
+  (d / "src.txt").write_text("3 march 1998\ntuesday, 1 may 2001\n")
+  (d / "ref.txt").write_text("1998-03-03\n2001-05-01\n")
+  (d / "one.txt").write_text("1998-03-03\n")
+  (d / "empty.txt").write_text("")
+  (d / "bad.txt").write_bytes(b"ok\n\xff\xfe bad\n")
+  (d / "empty_dir").mkdir()
+  (d / "a_file").write_text("not a workdir\n")
+  return d
+
+
+# (test id, evaluate.py arguments with {run} and {d} to fill in, expected in the error line)
+EVALUATE_ERRORS = [
+    ("missing_src", ["--workdir={run}", "--src={d}/nope.txt", "--ref={d}/ref.txt"],
+     "does not exist"),
+    ("empty_src", ["--workdir={run}", "--src={d}/empty.txt", "--ref={d}/ref.txt"], "is empty"),
+    ("empty_ref", ["--workdir={run}", "--src={d}/src.txt", "--ref={d}/empty.txt"], "is empty"),
+    ("mismatched", ["--workdir={run}", "--src={d}/src.txt", "--ref={d}/one.txt"],
+     "has 2 lines but"),
+    ("src_without_ref", ["--workdir={run}", "--src={d}/src.txt"], "--src and --ref go together"),
+    ("non_utf8_src", ["--workdir={run}", "--src={d}/bad.txt", "--ref={d}/ref.txt"],
+     "is not UTF-8 (line 2)"),
+    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be >= 1"),
+    ("negative_alpha", ["--workdir={run}", "--alpha=-1"], "--alpha must be >= 0"),
+    ("unknown_split", ["--workdir={run}", "--split=nosuch"], "has no split 'nosuch'"),
+    ("workdir_without_checkpoint", ["--workdir={d}/empty_dir"], "no checkpoint found"),
+    ("workdir_missing", ["--workdir={d}/does_not_exist"], "no such checkpoint or workdir"),
+    ("workdir_is_file", ["--workdir={d}/a_file"], "is a file"),
+    ("unknown_flag", ["--workdir={run}", "--no_such_flag=1"], "Unknown command line flag"),
+    ("no_workdir", [], "--workdir"),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in EVALUATE_ERRORS],
+                         ids=[c[0] for c in EVALUATE_ERRORS])
+def test_evaluate_errors(run_dir, files, args, expected):
+  args = [a.format(run=run_dir, d=files) for a in args]
+  _assert_usage_error(_cli("evaluate.py", *args), expected)
+
+
+def test_evaluate_src_ref(run_dir, files):
+  rc, out, err = _cli("evaluate.py", f"--workdir={run_dir}", f"--src={files}/src.txt",
+                      f"--ref={files}/ref.txt")
+  assert rc == 0, err[-3000:]
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["task"] == "dates" and result["split"] == "src.txt"
+  assert result["examples"] == 2 and result["beam_size"] == 1 and result["step"] == 20
+  assert 0.0 <= result["exact_match"] <= 100.0
+  output = Path(result["output"])
+  assert output.parent == run_dir and output.is_file()
+  assert len(output.read_text().splitlines()) == 2
+
+
+TRANSLATE_ERRORS = [
+    ("workdir_without_checkpoint", ["--workdir={d}/empty_dir"], "no checkpoint found"),
+    ("workdir_is_file", ["--workdir={d}/a_file"], "is a file"),
+    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be >= 1"),
+    ("negative_alpha", ["--workdir={run}", "--beam_size=2", "--alpha=-1"],
+     "--alpha must be >= 0"),
+    ("unknown_flag", ["--workdir={run}", "--no_such_flag"], "Unknown command line flag"),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in TRANSLATE_ERRORS],
+                         ids=[c[0] for c in TRANSLATE_ERRORS])
+def test_translate_errors(run_dir, files, args, expected):
+  args = [a.format(run=run_dir, d=files) for a in args]
+  _assert_usage_error(_cli("translate.py", *args, stdin=b"3 march 1998\n"), expected)
+
+
+def test_translate_non_utf8_stdin(run_dir):
+  result = _cli("translate.py", f"--workdir={run_dir}", stdin=b"ok\n\xff\xfe bad\nnever read\n")
+  line = _assert_usage_error(result, "stdin line 2")
+  assert line == "error: stdin line 2 is not UTF-8"
+  assert len(result[1].splitlines()) <= 1  # line 1 may already have been answered
+
+
+def test_translate_stdin(run_dir, tmp_path):
+  png = tmp_path / "attention.png"
+  rc, out, err = _cli("translate.py", f"--workdir={run_dir}", f"--plot={png}",
+                      stdin="3 march 1998\ntuesday, 1 may 2001\n".encode())
+  assert rc == 0, err[-3000:]
+  assert len(out.split("\n")) == 3 and out.endswith("\n")  # one line per input line
+  assert png.is_file()
