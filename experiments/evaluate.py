@@ -55,6 +55,18 @@ def _read(path: str, what: str) -> list[str]:
   return lines
 
 
+def _translate_with_progress(translator, src: list[str], batch_size: int = 128) -> list[str]:
+  """`translator.translate` with a progress bar on stderr (only on a terminal)."""
+  import math
+
+  import tqdm
+  batches = math.ceil(sum(1 for s in src if s.strip()) / batch_size)
+  with tqdm.tqdm(total=batches, unit="batch", desc=f"decoding (beam {FLAGS.beam_size})",
+                 disable=not sys.stderr.isatty(), leave=False) as bar:
+    return translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+                                batch_size=batch_size, on_batch=lambda: bar.update(1))
+
+
 def run() -> dict:
   import ml_collections
 
@@ -85,7 +97,7 @@ def run() -> dict:
       raise UsageError(f"task {config.task} has no split {FLAGS.split!r} (has {sorted(splits)})")
     split = splits[FLAGS.split]
     src, refs, name = split.src, split.references(), FLAGS.split
-  hyps = translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+  hyps = _translate_with_progress(translator, src)
   out = paths.as_path(FLAGS.out) if FLAGS.out else (
       paths.as_path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}.hyp.txt")
   try:

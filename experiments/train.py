@@ -10,7 +10,10 @@ cause); 75 stopped by SIGTERM/SIGINT after saving a checkpoint: rerun the
 same command to resume (a scheduler should restart the job).
 """
 
+import faulthandler
 import logging
+import os
+import signal
 import sys
 
 from absl import app, flags
@@ -29,7 +32,42 @@ flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def _usage_error(problem: str):
+  """A one-line error and a short usage naming the configs; exit code 2."""
+  names = sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                 if f.endswith(".py") and f not in ("common.py", "synthetic.py", "__init__.py"))
+  rel = os.path.relpath(CONFIG_DIR)
+  print(f"error: {problem}\n"
+        f"usage: python experiments/train.py --config {rel}/CONFIG.py[:tiny] --workdir DIR "
+        f"[--config.FIELD=VALUE ...]; CONFIG is one of: {', '.join(names)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl's parser; a missing or bad flag, an unreadable config file or an
+  unknown `--config.x` is a one-line error plus usage, exit code 2."""
+  if len(argv) == 1:
+    _usage_error("--config and --workdir are required")
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.get("task")  # a config file that failed to load raises here
+  except OSError as e:  # ml_collections reports a missing config file lazily
+    _usage_error(" ".join(str(e).split("\n")[-1].split()))
+  except flags.Error as e:
+    _usage_error(" ".join(str(e).split()))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # from --config.FIELD
+    _usage_error(f"bad --config override: {' '.join(str(e).split())}")
+  if len(rest) > 1:
+    _usage_error(f"unexpected arguments {rest[1:]}")
+  return rest
+
+
 def main(argv):
+  # `kill -USR1 <pid>` prints every thread's Python stack (a hung host on a pod, say).
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
   del argv
   logging.getLogger().setLevel(logging.WARNING)
@@ -55,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

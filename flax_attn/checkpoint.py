@@ -107,13 +107,44 @@ def describe_structure_change(saved: set[str], expected: set[str], limit: int = 
 
 
 def _manager(directory: epath.Path, max_to_keep: int | None, best_metric: str | None = None,
-             best_mode: str = "min", read_only: bool = False) -> ocp.CheckpointManager:
+             best_mode: str = "min") -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=not read_only,
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
       best_fn=(lambda m: float(m[best_metric])) if best_metric else None,
-      best_mode=best_mode, keep_checkpoints_without_metrics=best_metric is None)
+      best_mode=best_mode, keep_checkpoints_without_metrics=best_metric is None,
+      # Both managers may save the same step at once (an evaluation step); on
+      # several processes their barriers ("<prefix>_async_write_complete.<step>")
+      # would otherwise share a name, and the second waits on the first forever.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=directory.name))
   return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+
+
+class _DropReadOnlyNotices(logging.Filter):
+  """Drops Orbax's notices that a read-only manager is read-only
+  ("CheckpointManagerOptions.read_only=True, setting ...", "Given directory
+  is read only=..."): they describe what was asked for, not a problem.
+  Every other record (other Orbax warnings included) passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" not in record.pathname or record.levelno > logging.WARNING:
+      return True
+    message = record.getMessage()
+    return not ("read_only=True, setting" in message or "is read only" in message)
+
+
+def read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
+  """A `CheckpointManager` for reading (evaluate, translate, `Translator`),
+  made without Orbax's read-only notices on the `absl` logger."""
+  quiet = _DropReadOnlyNotices()
+  logger = logging.getLogger("absl")
+  logger.addFilter(quiet)
+  try:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           save_interval_steps=0)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _sync(name: str) -> None:
@@ -280,8 +311,7 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None,
   """
   directory, candidates = find_checkpoint(path, step, which)
   causes = []
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, options=options, item_handlers=_handlers()) as mngr:
+  with read_only_manager(directory) as mngr:
     for s in candidates:
       try:
         out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),

@@ -70,14 +70,23 @@ def first_copy(tree: Any) -> Any:
 
 
 def prefetch_to_devices(global_batches, buffer_size: int = 2):
-  """A grain `IterDataset` of global numpy batches -> this process's rows,
-  split over its devices and copied there ahead of use (grain's device_put:
-  a CPU-side thread builds batches, a second one transfers them), so the
-  next batch is ready while the current step runs. Iterator state (for
-  checkpoints) counts consumed batches, not prefetched ones."""
-  import grain
-  return grain.experimental.device_put(global_batches.map(device_batch), local_sharding(),
-                                       cpu_buffer_size=buffer_size, device_buffer_size=buffer_size)
+  """An iterable of global numpy batches -> an iterator of this process's
+  rows, split over its devices and already copied there: `buffer_size`
+  batches are kept in flight. It runs in the calling thread: with JAX's
+  asynchronous dispatch the next batch is built and transferred while the
+  device runs the current step, and no thread competes with the step for
+  the GIL or (on a CPU backend) for the cores."""
+  import collections
+  sharding = local_sharding()
+  source = iter(global_batches)
+  queue = collections.deque()
+  def put():
+    queue.append(jax.device_put(device_batch(next(source)), sharding))
+  for _ in range(buffer_size):
+    put()
+  while True:
+    yield queue.popleft()
+    put()
 
 
 def sync(name: str) -> None:

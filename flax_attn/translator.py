@@ -97,8 +97,10 @@ class Translator:
 
   def translate(self, sentences: Sequence[str], beam_size: int = 1, alpha: float = 0.6,
                 max_len_ratio: float = 1.5, max_len_offset: int = 10,
-                batch_size: int = 128) -> list[str]:
+                batch_size: int = 128, on_batch=None) -> list[str]:
     """Translates a list of strings (outputs in input order; "" -> "").
+    `on_batch()`, if given, runs before each batch of `batch_size` (a
+    progress bar, say).
 
     Raises:
       TypeError: for a non-string, naming its position.
@@ -108,7 +110,7 @@ class Translator:
     result = [""] * len(sentences)
     if keep:
       ids = self.translate_ids(self.encode([sentences[i] for i in keep]), beam_size, alpha,
-                               max_len_ratio, max_len_offset, batch_size)
+                               max_len_ratio, max_len_offset, batch_size, on_batch)
       for i, row in zip(keep, ids):
         result[i] = self.trg_tokenizer.decode(row)
     return result

@@ -81,7 +81,19 @@ def spawn(cmd, env=None):
 
 
 def finish(p, timeout=300):
-  p.wait(timeout=timeout)
+  """Waits for `p`; on a timeout, asks it for its Python stacks (train.py
+  dumps them on SIGUSR1), kills it and fails with its stderr, so a hang
+  shows where it hangs."""
+  try:
+    p.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    p.send_signal(signal.SIGUSR1)
+    time.sleep(3)
+    p.kill()
+    p.wait()
+    p.files[1].seek(0)
+    raise AssertionError(f"{p.args} still running after {timeout} s; its stderr "
+                         f"(stacks at the end):\n{p.files[1].read()[-12000:]}") from None
   texts = []
   for f in p.files:
     f.seek(0)

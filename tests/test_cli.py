@@ -132,3 +132,71 @@ def test_translate_stdin(run_dir, tmp_path):
   assert rc == 0, err[-3000:]
   assert len(out.split("\n")) == 3 and out.endswith("\n")  # one line per input line
   assert png.is_file()
+
+
+def test_evaluate_and_translate_print_only_their_answers(run_dir):
+  """A fresh process loading a checkpoint prints no library notices (Orbax's
+  read-only messages are dropped), only the answer."""
+  rc, out, err = _cli("evaluate.py", f"--workdir={run_dir}", "--split=val")
+  assert rc == 0 and err == "", err[-3000:]
+  assert list(json.loads(out))[:2] == ["task", "split"] and len(out.splitlines()) == 1
+  rc, out, err = _cli("translate.py", f"--workdir={run_dir}", stdin=b"3 march 1998\n")
+  assert rc == 0 and err == "", err[-3000:]
+  assert len(out.splitlines()) == 1 and out.strip()
+
+
+def test_real_warnings_still_show(run_dir):
+  """Only Orbax's read-only notices are dropped: a truncated input still warns."""
+  rc, out, err = _cli("translate.py", f"--workdir={run_dir}", stdin=("1 " * 500 + "\n").encode())
+  assert rc == 0 and "were truncated" in err and len(out.splitlines()) == 1
+
+
+def test_evaluate_progress_bar_on_a_terminal_only(run_dir):
+  """stderr on a pseudo-terminal gets a progress bar; a pipe (above) none."""
+  import pty
+  primary, secondary = pty.openpty()
+  p = subprocess.Popen([sys.executable, str(REPO / "experiments/evaluate.py"),
+                        f"--workdir={run_dir}", "--split=val", "--beam_size=2"],
+                       env=ENV, stdout=subprocess.PIPE, stderr=secondary)
+  os.close(secondary)
+  chunks = []
+  while True:
+    try:
+      data = os.read(primary, 4096)
+    except OSError:  # EIO: the child closed its end
+      break
+    if not data:
+      break
+    chunks.append(data)
+  out, _ = p.communicate(timeout=300)
+  os.close(primary)
+  assert p.returncode == 0
+  tty = b"".join(chunks).decode("utf-8", "replace")
+  assert "decoding (beam 2)" in tty and "batch" in tty
+  assert json.loads(out)["beam_size"] == 2
+
+
+TRAIN_USAGE_ERRORS = [
+    ("no_arguments", [], "--config and --workdir are required"),
+    ("missing_config_file", ["--config={repo}/experiments/configs/nope.py", "--workdir={tmp}"],
+     "No such file"),
+    ("unknown_preset", ["--config={repo}/experiments/configs/dates.py:huge", "--workdir={tmp}"],
+     "unknown preset 'huge'"),
+    ("unknown_field", ["--config={repo}/experiments/configs/dates.py", "--workdir={tmp}",
+                       "--config.no_such_field=1"], "no_such_field"),
+    ("bad_value", ["--config={repo}/experiments/configs/dates.py", "--workdir={tmp}",
+                   "--config.batch_size=abc"], "batch_size"),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in TRAIN_USAGE_ERRORS],
+                         ids=[c[0] for c in TRAIN_USAGE_ERRORS])
+def test_train_usage_errors_name_the_configs(tmp_path, args, expected):
+  args = [a.format(repo=REPO, tmp=tmp_path / "wd") for a in args]
+  rc, out, err = _cli("train.py", *args)
+  _assert_usage_error((rc, out, err), expected)
+  usage = [x for x in err.splitlines() if x.startswith("usage:")]
+  assert len(err.splitlines()) == 2 and len(usage) == 1, err
+  for name in ("dates", "g2p", "multi30k", "multi30k_seed", "reverse", "sort"):
+    assert name in usage[0]
+  assert not (tmp_path / "wd").exists()  # nothing was started

@@ -175,3 +175,18 @@ def test_plateau_reduces_scale():
   p = Plateau(factor=0.5, patience=1)
   scales = [p.update(v) for v in (3.0, 2.0, 2.0, 2.0, 1.0, 1.5, 1.5)]
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_nonfinite_streak_stops_the_run_with_exit_1(tmp_path):
+  """A learning rate of 1e30 blows the parameters up after the first step;
+  the following steps are rejected (counted in metrics.jsonl) until
+  `max_nonfinite_steps` in a row stop the run."""
+  import json
+  wd = tmp_path / "nan"
+  p = run(train_cmd(wd, "--config.num_train_steps=40", "--config.learning_rate=1e30",
+                    "--config.schedule=constant", "--config.warmup_steps=0",
+                    "--config.max_nonfinite_steps=3", "--config.log_every_steps=2"), expect=1)
+  last = p.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: 3 consecutive steps had a non-finite loss") and "Traceback" not in p.stderr
+  rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert sum(r.get("rejected_steps", 0) for r in rows) >= 1
