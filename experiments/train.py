@@ -57,7 +57,10 @@ def _parse_flags(argv):
   except OSError as e:  # ml_collections reports a missing config file lazily
     _usage_error(" ".join(str(e).split("\n")[-1].split()))
   except flags.Error as e:
-    _usage_error(" ".join(str(e).split()))
+    text = str(e).strip()
+    if "Traceback (most recent call last)" in text:  # the config file's get_config raised
+      text = f"{text.split(': ', 1)[0]}: {text.splitlines()[-1].strip()}"
+    _usage_error(" ".join(text.split()))
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # from --config.FIELD
     _usage_error(f"bad --config override: {' '.join(str(e).split())}")
   if len(rest) > 1:
