@@ -1,4 +1,9 @@
-"""Figures: training curves from `metrics.jsonl` and attention heatmaps."""
+"""Figures: training curves from `metrics.jsonl` and attention heatmaps.
+
+Figures are made with `matplotlib.figure.Figure` (no pyplot), so importing
+this module never changes the user's matplotlib backend (a notebook keeps
+its inline figures) and no display is needed.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,10 @@ import json
 import os
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from flax_attn import paths  # noqa: E402
+from flax_attn import paths
 
 
 def training_curves(metrics: str | os.PathLike | Sequence[dict], out_png: str | os.PathLike) -> None:
@@ -27,8 +29,8 @@ def training_curves(metrics: str | os.PathLike | Sequence[dict], out_png: str | 
   train = [r for r in records if r.get("split") == "train"]
   val = [r for r in records if r.get("split") == "val"]
   metric = next((k for k in ("bleu_lc", "exact_match", "wer") if val and k in val[-1]), None)
-  fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 3.6),
-                           squeeze=False)
+  fig = Figure(figsize=(10 if metric else 5, 3.6))
+  axes = fig.subplots(1, 2 if metric else 1, squeeze=False)
   ax = axes[0, 0]
   ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
   ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
@@ -39,7 +41,6 @@ def training_curves(metrics: str | os.PathLike | Sequence[dict], out_png: str | 
     ax.set_xlabel("step"); ax.set_ylabel(f"val {metric}")
   fig.tight_layout()
   paths.save_figure(fig, out_png)
-  plt.close(fig)
 
 
 def attention_heatmap(src_tokens: Sequence[str], trg_tokens: Sequence[str],
@@ -55,8 +56,9 @@ def attention_heatmap(src_tokens: Sequence[str], trg_tokens: Sequence[str],
                      f"({len(trg_tokens)}, {len(src_tokens)})")
   own = ax is None
   if own:
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(src_tokens) + 2),
-                                    max(3, 0.35 * len(trg_tokens) + 1.5)))
+    fig = Figure(figsize=(max(4, 0.35 * len(src_tokens) + 2),
+                          max(3, 0.35 * len(trg_tokens) + 1.5)))
+    ax = fig.subplots()
   ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
   ax.set_xticks(range(len(src_tokens)), [repr(t)[1:-1] if t.isspace() else t
                                          for t in src_tokens], rotation=90)
@@ -66,5 +68,4 @@ def attention_heatmap(src_tokens: Sequence[str], trg_tokens: Sequence[str],
     ax.figure.tight_layout()
     if out_png is not None:
       paths.save_figure(ax.figure, out_png)
-    plt.close(ax.figure)
   return ax
