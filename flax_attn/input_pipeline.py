@@ -135,8 +135,15 @@ class TrainBatches:
 
 def train_dataset(batches: TrainBatches, start_index: int = 0) -> grain.IterDataset:
   """The global batches `start_index, start_index + 1, ...` as a grain
-  `IterDataset` (the position is all it takes to resume exactly)."""
-  return grain.MapDataset.source(batches)[start_index:].to_iter_dataset()
+  `IterDataset` (the position is all it takes to resume exactly).
+
+  Batches are built in the calling thread, when asked for: grain's default
+  (16 threads, 500 elements ahead) would compete with XLA for the cores on
+  a CPU backend and build hundreds of batches nobody uses yet, while a batch
+  takes a few ms to build; `parallel.prefetch_to_devices` already keeps the
+  next batches on their way while the device runs the current step."""
+  return grain.MapDataset.source(batches)[start_index:].to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
 
 def train_iterator(batches: TrainBatches, start_index: int = 0) -> grain.DatasetIterator:
