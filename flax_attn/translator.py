@@ -63,9 +63,15 @@ class Translator:
                     batch_size: int = 128, on_batch=None) -> list[list[int]]:
     """Token ids (EOS included in the input) -> output ids (no EOS), input order.
 
-    `on_batch()`, if given, runs before each batch (training uses it to stop
-    an evaluation on a signal)."""
+    A sentence of n source tokens gets at most `ceil(max_len_ratio * n +
+    max_len_offset)` output tokens, greedy and beam alike, so its output
+    does not depend on which other sentences share its batch. `on_batch()`,
+    if given, runs before each batch (training uses it to stop an
+    evaluation on a signal)."""
     out: list[list[int] | None] = [None] * len(src_ids)
+    # Fewer inputs than a batch are padded to the next power of two rows, not
+    # to `batch_size` (one line from the translate CLI decodes 1 row, not 128).
+    batch_size = max(1, min(batch_size, 1 << max(len(src_ids) - 1, 0).bit_length()))
     for ix, batch in eval_batches(src_ids, None, batch_size):
       if on_batch is not None:
         on_batch()
@@ -83,7 +89,9 @@ class Translator:
                           max_len_offset=max_len_offset, max_len=max_len)
         tokens, lens = np.asarray(res.tokens)[:, 0], np.asarray(res.lengths)[:, 0]
       for r, k in enumerate(ix):
-        row = tokens[r, :lens[r]].tolist()
+        # The batch ran to its longest sentence's limit; each row stops at its own.
+        own = self._max_len(int(lengths[r]), max_len_ratio, max_len_offset)
+        row = tokens[r, :min(int(lens[r]), own)].tolist()
         out[k] = row[:-1] if row and row[-1] == self.config.eos_id else row
     return out  # type: ignore[return-value]
 

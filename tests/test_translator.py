@@ -1,0 +1,54 @@
+"""Translator: a sentence's output does not depend on its batch companions."""
+
+import jax
+import numpy as np
+import pytest
+
+from flax_attn import Seq2SeqConfig, init_params
+from flax_attn.translator import Translator
+
+EOS = 3
+
+
+@pytest.fixture(scope="module")
+def translator():
+  """An untrained model that never emits EOS (its EOS logit bias is -1e4),
+  so the length limits alone decide where outputs end."""
+  config = Seq2SeqConfig(src_vocab_size=12, trg_vocab_size=9, emb_dim=8, enc_hidden=8,
+                         dec_hidden=8, attn_dim=8, dropout=0.0, init_std=0.5)
+  params = init_params(config, jax.random.PRNGKey(3))
+  params["decoder"]["out_bias"] = params["decoder"]["out_bias"].at[EOS].set(-1e4)
+  return Translator(config, params, None, None)
+
+
+def _sentence(n, seed):
+  ids = np.random.default_rng(seed).integers(4, 12, n - 1)
+  return np.append(ids, EOS).astype(np.int32)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_alone_equals_inside_a_batch_of_long_sentences(translator, beam_size):
+  short = _sentence(3, seed=0)
+  longs = [_sentence(40, seed=s) for s in range(1, 6)]
+  alone = translator.translate_ids([short], beam_size=beam_size)[0]
+  batched = translator.translate_ids(longs[:2] + [short] + longs[2:], beam_size=beam_size)
+  assert batched[2] == alone
+  # Each sentence runs to its own limit, ceil(1.5 * n + 10): 15 tokens for n = 3,
+  # 70 for n = 40 (without per-sentence limits the short one would get 72 here).
+  assert len(alone) == 15
+  assert [len(o) for o in batched] == [70, 70, 15, 70, 70, 70]
+
+
+@pytest.mark.parametrize("n, rows", [(1, 1), (3, 4), (5, 8), (200, 128)])
+def test_small_inputs_are_not_padded_to_a_full_batch(translator, monkeypatch, n, rows):
+  from flax_attn import translator as translator_module
+  seen = []
+  real = translator_module.greedy_decode
+
+  def spy(config, params, src, lengths, max_len):
+    seen.append(src.shape[0])
+    return real(config, params, src, lengths, max_len)
+
+  monkeypatch.setattr(translator_module, "greedy_decode", spy)
+  out = translator.translate_ids([_sentence(3, seed=s) for s in range(n)])
+  assert len(out) == n and set(seen) == {rows}
