@@ -35,7 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flax_attn import paths
+from flax_attn import parallel, paths
 from flax_attn import tokenizers as tok_lib
 
 LATEST_DIR = "checkpoints"
@@ -147,12 +147,6 @@ def read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
     logger.removeFilter(quiet)
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 class Checkpoints:
   """The run's checkpoint managers: `workdir/checkpoints` keeps the latest
   `keep`, `workdir/best` the best one by `best_metric` (`best_mode` min/max)."""
@@ -252,7 +246,7 @@ class Checkpoints:
     if jax.process_index() == 0:
       logging.warning("checkpoint step %d is damaged (%s); moved aside to %s", step, cause, dst)
       paths.move_aside(src, dst)
-    _sync(f"flax_attn_move_aside_{step}")
+    parallel.sync(f"flax_attn_move_aside_{step}")
     self.latest.reload()
 
   def wait(self) -> None:
