@@ -39,10 +39,12 @@ def load_task(config) -> dict[str, Split]:
   raise ValueError(f"unknown task {task!r}; use one of {sorted(TASK_METRICS)}")
 
 
-def fit_tokenizer(kind: str, texts: list[str], config) -> Any:
-  """Fits a tokenizer of `kind` (word, char, whitespace, sentencepiece) on `texts`."""
+def fit_tokenizer(kind: str, texts: list[str], config, lang: str = "") -> Any:
+  """Fits a tokenizer of `kind` (word, char, whitespace, sentencepiece) on `texts`;
+  `lang` (e.g. "en") gives a word tokenizer Moses tokens and detokenisation."""
   if kind == "word":
-    return tok_lib.WordTokenizer.fit(texts, min_freq=config.min_freq, lowercase=config.lowercase)
+    return tok_lib.WordTokenizer.fit(texts, min_freq=config.min_freq, lowercase=config.lowercase,
+                                     lang=lang or None)
   if kind == "char":
     return tok_lib.CharTokenizer.fit(texts, lowercase=config.lowercase)
   if kind == "whitespace":
@@ -56,8 +58,8 @@ def fit_tokenizer(kind: str, texts: list[str], config) -> Any:
 
 def fit_tokenizers(config, train: Split):
   """(source tokenizer, target tokenizer) fitted on the training split."""
-  return (fit_tokenizer(config.src_tokenizer, train.src, config),
-          fit_tokenizer(config.trg_tokenizer, train.trg, config))
+  return (fit_tokenizer(config.src_tokenizer, train.src, config, config.get("src_lang", "")),
+          fit_tokenizer(config.trg_tokenizer, train.trg, config, config.get("trg_lang", "")))
 
 
 def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqConfig:
@@ -79,8 +81,8 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
 MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "eos_id",
                       "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
 # Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
-FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "min_freq", "lowercase",
-                          "sp_vocab_size", "sp_model_type", "num_buckets")
+FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "src_lang", "trg_lang", "min_freq",
+                          "lowercase", "sp_vocab_size", "sp_model_type", "num_buckets")
 # Fields that only say where or how this process runs.
 FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",
                         "data_dir", "download")

@@ -18,8 +18,8 @@ All tokenizers share one interface:
   SentencePiece); ``Class.load(directory)`` or :func:`load_tokenizer` (which
   dispatches on the ``kind`` field) read it back.
 
-Kinds: ``WordTokenizer`` (the tutorial's lower-cased words, punctuation split
-off), ``CharTokenizer`` (one token per character, spaces included),
+Kinds: ``WordTokenizer`` (the tutorial's lower-cased words: Moses tokens and
+detokenisation for a language, or a plain regex split), ``CharTokenizer`` (one token per character, spaces included),
 ``WhitespaceTokenizer`` (whitespace-split symbols, e.g. phonemes) and
 ``SentencePieceTokenizer`` (BPE or unigram, trained in memory).
 """
@@ -34,6 +34,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import sacremoses
 import sentencepiece as spm
 
 UNK_ID, PAD_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -143,41 +144,80 @@ class _VocabTokenizer:
     def token_to_id(self, token: str) -> int:
         return self._stoi.get(token, UNK_ID)
 
+    def _config(self) -> dict:
+        return {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab}
+
+    @classmethod
+    def _from_config(cls, config: dict):
+        return cls(config["vocab"], lowercase=config["lowercase"])
+
     def save(self, directory) -> None:
-        _write_json(directory, {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab})
+        _write_json(directory, self._config())
 
     @classmethod
     def load(cls, directory):
         config = _read_json(directory)
         if config.get("kind") != cls.kind:
             raise ValueError(f"{directory} holds a {config.get('kind')!r} tokenizer, not {cls.kind!r}")
-        return cls(config["vocab"], lowercase=config["lowercase"])
+        return cls._from_config(config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, lowercase={self.lowercase})"
 
 
 class WordTokenizer(_VocabTokenizer):
-    """Word level: optional lowercasing, punctuation split off (``\\w+|[^\\w\\s]``).
+    """Word level, optionally lower-cased.
 
-    ``decode`` joins tokens with single spaces ("a man ." stays "a man .").
+    With ``lang`` (e.g. ``"en"``) words come from the Moses tokenizer
+    (``sacremoses``, hyphens split as ``@-@``) and ``decode`` returns the Moses
+    detokenisation: plain text such as ``"a man's t-shirt."``. With
+    ``lang=None`` (files saved before ``lang`` existed) words are
+    ``\\w+|[^\\w\\s]`` matches and ``decode`` joins them with single spaces.
     """
 
     kind = "word"
 
+    def __init__(self, vocab: Sequence[str], lowercase: bool = False, lang: str | None = None):
+        super().__init__(vocab, lowercase)
+        self.lang = lang
+        if lang is not None:
+            self._moses_tok = sacremoses.MosesTokenizer(lang=lang)
+            self._moses_detok = sacremoses.MosesDetokenizer(lang=lang)
+
     @classmethod
     def fit(cls, texts: Iterable[str], min_freq: int = 2, lowercase: bool = True,
-            max_size: int | None = None) -> "WordTokenizer":
+            max_size: int | None = None, lang: str | None = None) -> "WordTokenizer":
         """Vocab of tokens seen >= ``min_freq`` times; ``max_size`` counts specials."""
-        counts = cls._count(cls(SPECIAL_TOKENS, lowercase), texts)
-        return cls(cls._build_vocab(counts, min_freq, max_size), lowercase)
+        counts = cls._count(cls(SPECIAL_TOKENS, lowercase, lang), texts)
+        return cls(cls._build_vocab(counts, min_freq, max_size), lowercase, lang)
 
     def tokens(self, text: str) -> list[str]:
         text = _check_text(text)
-        return _WORD_RE.findall(text.lower() if self.lowercase else text)
+        text = text.lower() if self.lowercase else text
+        if self.lang is None:
+            return _WORD_RE.findall(text)
+        return self._moses_tok.tokenize(text, aggressive_dash_splits=True, escape=False)
 
     def _join(self, toks: list[str]) -> str:
-        return " ".join(toks)
+        if self.lang is None:
+            return " ".join(toks)
+        return self._moses_detok.detokenize(toks)
+
+    def _config(self) -> dict:
+        return {**super()._config(), "lang": self.lang}
+
+    @classmethod
+    def _from_config(cls, config: dict) -> "WordTokenizer":
+        return cls(config["vocab"], lowercase=config["lowercase"], lang=config.get("lang"))
+
+    def __getstate__(self):
+        return self._config()
+
+    def __setstate__(self, state):
+        self.__init__(state["vocab"], state["lowercase"], state.get("lang"))
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase}, lang={self.lang!r})"
 
 
 class CharTokenizer(_VocabTokenizer):

@@ -14,6 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.trg_tokenizer = "char"
   c.min_freq = 1
   c.lowercase = False
+  c.src_lang = ""            # word tokenizer: Moses tokens/detokenisation for this language
+  c.trg_lang = ""            # ("" = regex split, outputs joined with spaces)
   c.sp_vocab_size = 8000
   c.sp_model_type = "bpe"
   c.max_src_len = 64         # tokens incl. EOS; longer inputs are truncated

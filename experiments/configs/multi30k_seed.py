@@ -16,6 +16,7 @@ def get_config(preset: str = ""):
   c = base_config()
   c.task = "multi30k"
   c.src_tokenizer = c.trg_tokenizer = "word"
+  c.src_lang, c.trg_lang = "de", "en"   # Moses tokens (close to the tutorial's spaCy), detokenised output
   c.min_freq = 2
   c.lowercase = True
   c.max_src_len = c.max_trg_len = 64
