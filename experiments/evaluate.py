@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: one JSON line of metrics, system output written to a file.
 
   python experiments/evaluate.py --workdir DIR [--split val|test|test2017]
-      [--src FILE --ref FILE] [--beam_size K] [--which latest|best] [--step N] [--out FILE]
+      [--src FILE --ref FILE] [--beam_size K] [--dtype bfloat16] [--which latest|best]
+      [--step N] [--out FILE]
 
 Bad input (unknown or invalid flags, missing/empty/non-UTF-8 files,
 mismatched line counts, an unknown split, a workdir without a compatible
@@ -22,6 +23,7 @@ flags.DEFINE_string("ref", None, "reference file, aligned with --src")
 flags.DEFINE_integer("beam_size", 1, "beam width (1: greedy)")
 flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
 flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
 flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.<beam>.hyp.txt)")
 flags.mark_flag_as_required("workdir")
@@ -32,27 +34,11 @@ class UsageError(Exception):
 
 
 def _read(path: str, what: str) -> list[str]:
-  from flax_attn import paths
+  from flax_attn import lines
   try:
-    p = paths.as_path(path)
-    if not p.exists():
-      raise UsageError(f"{what} file {path} does not exist")
-    if not p.is_file():
-      raise UsageError(f"{what} file {path} is not a file")
-    data = p.read_bytes()
-  except (OSError, ValueError) as e:
-    raise UsageError(f"cannot read {what} file {path!r}: {e}") from None
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise UsageError(f"{what} file {path} is not UTF-8 (line {line})") from None
-  lines = text.split("\n")
-  if lines and lines[-1] == "":
-    lines.pop()
-  if not lines:
-    raise UsageError(f"{what} file {path} is empty")
-  return lines
+    return lines.read_lines(path, what)
+  except lines.BadInput as e:
+    raise UsageError(str(e)) from None
 
 
 def _translate_with_progress(translator, src: list[str], batch_size: int = 128) -> list[str]:
@@ -82,7 +68,8 @@ def run() -> dict:
     if len(src) != len(ref):
       raise UsageError(f"{FLAGS.src} has {len(src)} lines but {FLAGS.ref} has {len(ref)}")
   try:
-    translator = Translator.load(FLAGS.workdir, step=FLAGS.step, which=FLAGS.which)
+    translator = Translator.load(FLAGS.workdir, step=FLAGS.step, which=FLAGS.which,
+                                 dtype=FLAGS.dtype)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   config = ml_collections.ConfigDict(translator.meta["experiment"])
@@ -105,13 +92,9 @@ def run() -> dict:
   except OSError as e:
     raise UsageError(f"cannot write {out}: {e}") from None
   result = {"task": config.task, "split": name, "step": translator.step,
-            "beam_size": FLAGS.beam_size, "examples": len(src), "output": str(out)}
-  if config.task == "g2p":
-    result.update(wer=metrics.wer(hyps, refs), per=metrics.per(hyps, refs))
-  elif config.task == "multi30k":
-    result.update(metrics.bleu_scores(hyps, [r[0] for r in refs]))
-  else:
-    result["exact_match"] = 100.0 * metrics.exact_match(hyps, refs)
+            "beam_size": FLAGS.beam_size, "dtype": FLAGS.dtype, "examples": len(src),
+            "output": str(out)}
+  result.update(metrics.task_metrics(config.task, hyps, refs))
   return result
 
 

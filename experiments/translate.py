@@ -1,8 +1,18 @@
-"""Translate with a checkpoint: arguments, or stdin line by line (streaming).
+"""Translate with a checkpoint: arguments, or stdin (streaming).
 
-  python experiments/translate.py --workdir DIR [--beam_size K] [--plot out.png] [text ...]
+  python experiments/translate.py --workdir DIR [--beam_size K] [--n_best N]
+      [--scores] [--dtype bfloat16] [--plot out.png] [text ...]
 
 One output line per input line, in order; an empty line gives an empty line.
+Lines already waiting on stdin are translated together (up to --batch_size
+at a time); a line that arrives alone is answered at once. The parameters
+are loaded onto the device once.
+
+With --n_best N (<= --beam_size) or --scores, each input line gives N lines
+`LINE<TAB>[SCORE<TAB>]TRANSLATION`: LINE is the input's 0-based number,
+SCORE the length-penalised log probability beam search ranks by (as
+fairseq's interactive `H-` lines).
+
 With --plot, the attention of the first input is drawn to that PNG.
 Inputs longer than the model's maximum source length are truncated (a
 warning goes to stderr). Bad usage (unknown or invalid flags, a workdir
@@ -20,6 +30,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "training workdir or checkpoint step directory")
 flags.DEFINE_integer("beam_size", 1, "beam width (1: greedy)")
 flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent")
+flags.DEFINE_integer("n_best", 1, "print this many best translations per input (<= beam_size)")
+flags.DEFINE_bool("scores", False, "print each translation's score")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
+flags.DEFINE_integer("batch_size", 64, "most stdin lines translated together")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
 flags.DEFINE_string("plot", None, "write the first input's attention heatmap to this PNG")
 flags.mark_flag_as_required("workdir")
@@ -38,49 +52,71 @@ def _parse_flags(argv):
     _fail(str(e))
 
 
-def _stdin_lines():
-  """stdin line by line as it arrives, each decoded as UTF-8 here (so a bad
-  line is reported by number rather than silently mangled)."""
-  for number, raw in enumerate(sys.stdin.buffer, 1):
-    try:
-      yield raw.decode("utf-8").rstrip("\n")
-    except UnicodeDecodeError:
-      _fail(f"stdin line {number} is not UTF-8")
-
-
 def _arg_lines(texts):
   for number, text in enumerate(texts, 1):
     try:
       text.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
     except UnicodeEncodeError:
       _fail(f"argument {number} is not UTF-8")
-    yield text
+  return [list(texts)]
 
 
-def main(argv):
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
+def _check_flags():
   if FLAGS.beam_size < 1:
     _fail(f"--beam_size must be >= 1, got {FLAGS.beam_size}")
   if not FLAGS.alpha >= 0:
     _fail(f"--alpha must be >= 0, got {FLAGS.alpha}")
-  from flax_attn import Translator, plot
+  if not 1 <= FLAGS.n_best <= FLAGS.beam_size:
+    _fail(f"--n_best must be between 1 and --beam_size ({FLAGS.beam_size}), got {FLAGS.n_best}")
+  if FLAGS.batch_size < 1:
+    _fail(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+
+
+def _translate_batch(translator, lines: list[str], first_number: int) -> None:
+  absl_logging.info("translating a batch of %d line(s)", len(lines))
+  if FLAGS.n_best == 1 and not FLAGS.scores:
+    for out in translator.translate(lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha):
+      print(out)
+  else:
+    nbest = translator.translate_nbest(lines, beam_size=FLAGS.beam_size, n_best=FLAGS.n_best,
+                                       alpha=FLAGS.alpha)
+    for number, hyps in enumerate(nbest, first_number):
+      for text, score in hyps:
+        print(f"{number}\t{score:.4f}\t{text}" if FLAGS.scores else f"{number}\t{text}")
+  sys.stdout.flush()
+
+
+def main(argv):
+  if not FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
+  _check_flags()
+  from flax_attn import Translator
+  from flax_attn import lines as lines_lib
   try:
-    translator = Translator.load(FLAGS.workdir, which=FLAGS.which)
-  except (FileNotFoundError, ValueError) as e:
+    translator = Translator.load(FLAGS.workdir, which=FLAGS.which, dtype=FLAGS.dtype)
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
     _fail(str(e))
   texts = argv[1:]
-  lines = _arg_lines(texts) if texts else _stdin_lines()
-  first = True
-  for line in lines:
-    print(translator.translate([line], beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)[0],
-          flush=True)
-    if first and FLAGS.plot and line.strip():
-      src_tokens, trg_tokens, weights = translator.attention(line)
-      try:
-        plot.attention_heatmap(src_tokens, trg_tokens, weights, FLAGS.plot)
-      except OSError as e:
-        _fail(f"cannot write --plot {FLAGS.plot}: {e}")
-    first = False
+  batches = _arg_lines(texts) if texts else lines_lib.stream_batches(sys.stdin.fileno(),
+                                                                     FLAGS.batch_size)
+  number = 0
+  try:
+    for lines in batches:
+      _translate_batch(translator, lines, number)
+      if number == 0 and FLAGS.plot and lines[0].strip():
+        _plot(translator, lines[0])
+      number += len(lines)
+  except lines_lib.BadInput as e:
+    _fail(str(e))
+
+
+def _plot(translator, line: str) -> None:
+  from flax_attn import plot
+  src_tokens, trg_tokens, weights = translator.attention(line)
+  try:
+    plot.attention_heatmap(src_tokens, trg_tokens, weights, FLAGS.plot)
+  except OSError as e:
+    _fail(f"cannot write --plot {FLAGS.plot}: {e}")
 
 
 if __name__ == "__main__":

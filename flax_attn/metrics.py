@@ -8,6 +8,7 @@
   length, summed over the corpus.
 * ``bleu_scores``: sacrebleu corpus BLEU, lower-cased BLEU and chrF, each with
   its signature string.
+* ``task_metrics``: the metrics a task reports (the one place that chooses).
 
 Strings are compared as whitespace-separated token lists, so "HH  AH" equals
 "HH AH". ``refs_multi`` is ``[num_examples][num_refs_i]`` (a bare string counts
@@ -99,3 +100,13 @@ def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict:
         out[key] = float(metric.corpus_score(hyps, refs).score)
         out[f"{key}_signature"] = str(metric.get_signature())
     return out
+
+
+def task_metrics(task: str, hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> dict:
+    """The metrics of ``task``: g2p -> wer, per; multi30k -> bleu_scores (first
+    reference); every other task -> exact_match in percent."""
+    if task == "g2p":
+        return {"wer": wer(hyps, refs_multi), "per": per(hyps, refs_multi)}
+    if task == "multi30k":
+        return bleu_scores(hyps, [r if isinstance(r, str) else r[0] for r in refs_multi])
+    return {"exact_match": 100.0 * exact_match(hyps, refs_multi)}

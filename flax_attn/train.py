@@ -336,14 +336,7 @@ def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets,
           for ids in translator.translate_ids(src_ids, beam_size=beam_size,
                                               batch_size=config.eval_batch_size,
                                               on_batch=on_batch)]
-  refs = split.references()[:n]
-  if config.task == "g2p":
-    result["wer"] = metrics_lib.wer(hyps, refs)
-    result["per"] = metrics_lib.per(hyps, refs)
-  elif config.task == "multi30k":
-    result.update(metrics_lib.bleu_scores(hyps, [r[0] for r in refs]))
-  else:
-    result["exact_match"] = 100.0 * metrics_lib.exact_match(hyps, refs)
+  result.update(metrics_lib.task_metrics(config.task, hyps, split.references()[:n]))
   return result, hyps
 
 

@@ -7,6 +7,7 @@ shared by the module; each CLI call is a fresh Python process (~1-3 s).
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,9 @@ TRANSLATE_ERRORS = [
     ("negative_alpha", ["--workdir={run}", "--beam_size=2", "--alpha=-1"],
      "--alpha must be >= 0"),
     ("unknown_flag", ["--workdir={run}", "--no_such_flag"], "Unknown command line flag"),
+    ("n_best_above_beam", ["--workdir={run}", "--beam_size=2", "--n_best=3"],
+     "--n_best must be between 1 and --beam_size (2)"),
+    ("unknown_dtype", ["--workdir={run}", "--dtype=float8"], "dtype"),
 ]
 
 
@@ -132,6 +136,58 @@ def test_translate_stdin(run_dir, tmp_path):
   assert rc == 0, err[-3000:]
   assert len(out.split("\n")) == 3 and out.endswith("\n")  # one line per input line
   assert png.is_file()
+
+
+def _batch_sizes(err: str) -> list[int]:
+  return [int(line.split("a batch of ")[1].split()[0])
+          for line in err.splitlines() if "translating a batch of" in line]
+
+
+def test_translate_batches_the_lines_already_waiting(run_dir):
+  # All 6 lines sit in the pipe before the CLI (a few seconds to start) reads.
+  stdin = "".join(f"{d} march 19{90 + d}\n" for d in range(1, 7)).encode()
+  rc, out, err = _cli("translate.py", f"--workdir={run_dir}", "--batch_size=4",
+                      "--verbosity=0", stdin=stdin)
+  assert rc == 0, err[-3000:]
+  assert len(out.splitlines()) == 6
+  assert _batch_sizes(err) == [4, 2]
+
+
+def test_translate_answers_a_line_that_arrives_alone_at_once(run_dir):
+  p = subprocess.Popen([sys.executable, str(REPO / "experiments/translate.py"),
+                        f"--workdir={run_dir}", "--verbosity=0"], env=ENV,
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    answers = []
+    for line in (b"3 march 1998\n", b"tuesday, 1 may 2001\n"):
+      p.stdin.write(line)
+      p.stdin.flush()
+      # The answer comes while stdin is still open (nothing else is waiting).
+      assert select.select([p.stdout], [], [], 120)[0], "no answer while stdin stays open"
+      answers.append(p.stdout.readline())
+    rest, err = p.communicate(timeout=120)
+  finally:
+    p.kill()
+  assert all(a.endswith(b"\n") for a in answers) and rest == b""
+  assert p.returncode == 0 and _batch_sizes(err.decode()) == [1, 1]
+
+
+def test_translate_n_best_with_scores(run_dir):
+  rc, out, err = _cli("translate.py", f"--workdir={run_dir}", "--beam_size=3", "--n_best=2",
+                      "--scores", stdin=b"3 march 1998\n\ntuesday, 1 may 2001\n")
+  assert rc == 0, err[-3000:]
+  rows = [line.split("\t") for line in out.splitlines()]
+  assert [r[0] for r in rows] == ["0", "0", "1", "1", "2", "2"]
+  assert all(len(r) == 3 for r in rows)
+  for first, second in (rows[0:2], rows[4:6]):
+    assert float(first[1]) >= float(second[1]) and first[2] != second[2]
+  assert rows[2][2] == rows[3][2] == ""   # the empty line: empty, score nan
+  rc, plain, _ = _cli("translate.py", f"--workdir={run_dir}", "--beam_size=3",
+                      stdin=b"3 march 1998\n")
+  assert plain.strip() == rows[0][2]      # the 1-best is what plain beam search prints
+  rc, no_scores, _ = _cli("translate.py", f"--workdir={run_dir}", "--beam_size=3", "--n_best=2",
+                          "3 march 1998")
+  assert [line.split("\t") for line in no_scores.splitlines()] == [r[::2] for r in rows[:2]]
 
 
 def test_evaluate_and_translate_print_only_their_answers(run_dir):

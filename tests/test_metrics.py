@@ -68,3 +68,23 @@ def test_bleu_lowercase_differs():
     out = metrics.bleu_scores(hyps, refs)
     assert out["bleu_lc"] == pytest.approx(100.0)
     assert out["bleu"] < 10.0
+
+
+def test_detokenised_word_output_gives_no_sacrebleu_warning(caplog):
+    from flax_attn import tokenizers
+    refs = [f"A man's T-shirt has {i} dots." for i in range(120)]
+    caplog.set_level("WARNING", logger="sacrebleu")
+    for lang, warns in ((None, True), ("en", False)):
+        t = tokenizers.WordTokenizer.fit(refs, min_freq=1, lowercase=False, lang=lang)
+        hyps = [t.decode(t.encode(r)) for r in refs]
+        caplog.clear()
+        out = metrics.bleu_scores(hyps, refs)
+        assert any("forgot to detokenize" in r.message for r in caplog.records) == warns
+        assert (out["bleu"] == pytest.approx(100.0)) == (not warns)
+
+
+def test_task_metrics_dispatch():
+    assert metrics.task_metrics("g2p", ["A B"], [["A B", "A C"]]) == {"wer": 0.0, "per": 0.0}
+    assert metrics.task_metrics("dates", ["x", "y"], [["x"], ["z"]]) == {"exact_match": 50.0}
+    out = metrics.task_metrics("multi30k", ["A dog runs."], [["A dog runs."]])
+    assert out["bleu"] == pytest.approx(100.0) and "chrf_signature" in out

@@ -124,3 +124,52 @@ def test_non_str_raises_type_error(bad):
 def test_fit_rejects_single_string():
     with pytest.raises(TypeError):
         tok.WordTokenizer.fit("a man")
+
+
+MOSES_SENTS = [
+    "A man's T-shirt, \"big\" (red) & 3.5 m long.",
+    "Two dogs - one brown - play; it's fun!",
+    "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+]
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_word_tokenizer_with_a_language_detokenises(lowercase):
+    t = tok.WordTokenizer.fit(MOSES_SENTS, min_freq=1, lowercase=lowercase, lang="en")
+    for s in MOSES_SENTS:
+        assert t.decode(t.encode(s)) == (s.lower() if lowercase else s)
+    assert t.tokens("a T-shirt")[-3:] == ["t" if lowercase else "T", "@-@", "shirt"]
+    assert t.tokens("A man's hat")[:3] == ["a" if lowercase else "A", "man", "'s"]
+
+
+def test_word_tokenizer_detokenises_unknown_words_as_unk():
+    t = tok.WordTokenizer.fit(["a red hat ."], min_freq=1, lang="en")
+    assert t.decode(t.encode("A red zebra.")) == "a red <unk>."
+
+
+def test_word_tokenizer_without_a_language_keeps_the_regex_and_spaces():
+    t = tok.WordTokenizer.fit(MOSES_SENTS, min_freq=1)
+    assert t.lang is None
+    assert t.decode(t.encode("A man's T-shirt.")) == "a man ' s t - shirt ."
+
+
+def test_word_tokenizer_language_survives_save_load_and_pickle(tmp_path):
+    t = tok.WordTokenizer.fit(MOSES_SENTS, min_freq=1, lang="de")
+    t.save(tmp_path)
+    for loaded in (tok.load_tokenizer(tmp_path), pickle.loads(pickle.dumps(t))):
+        assert loaded.lang == "de" and loaded.vocab == t.vocab
+        assert loaded.decode(loaded.encode(MOSES_SENTS[2])) == MOSES_SENTS[2].lower()
+
+
+def test_word_tokenizer_saved_before_languages_loads_as_regex(tmp_path):
+    import json
+    t = tok.WordTokenizer.fit(SENTS, min_freq=1)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(
+        {"kind": "word", "lowercase": True, "vocab": t.vocab}))
+    assert tok.load_tokenizer(tmp_path).lang is None
+
+
+def test_cased_sentencepiece_decodes_plain_text():
+    t = tok.SentencePieceTokenizer.fit(SENTS * 20, vocab_size=60, lowercase=False)
+    for s in SENTS:
+        assert t.decode(t.encode(s)) == s

@@ -52,3 +52,38 @@ def test_small_inputs_are_not_padded_to_a_full_batch(translator, monkeypatch, n,
   monkeypatch.setattr(translator_module, "greedy_decode", spy)
   out = translator.translate_ids([_sentence(3, seed=s) for s in range(n)])
   assert len(out) == n and set(seen) == {rows}
+
+
+def test_scored_beam_of_one_is_the_greedy_output(translator):
+  sentences = [_sentence(n, seed=s) for s, n in enumerate([3, 7, 12, 5])]
+  greedy = translator.translate_ids(sentences)
+  scored = translator.translate_ids_nbest(sentences, beam_size=1)
+  assert [hyps[0][0] for hyps in scored] == greedy
+  assert all(len(h) == 1 and np.isfinite(h[0][1]) for h in scored)
+
+
+def test_n_best_are_distinct_and_best_first(translator):
+  nbest = translator.translate_ids_nbest([_sentence(6, seed=9)], beam_size=4, n_best=3)[0]
+  assert len(nbest) == 3
+  assert len({tuple(ids) for ids, _ in nbest}) == 3
+  scores = [score for _, score in nbest]
+  assert scores == sorted(scores, reverse=True)
+  with pytest.raises(ValueError, match="n_best must be <= beam_size"):
+    translator.translate_ids_nbest([_sentence(6, seed=9)], beam_size=2, n_best=3)
+
+
+def test_bfloat16_inference_option(translator):
+  bf16 = Translator(translator.config, translator.params, None, None, dtype="bfloat16")
+  assert bf16.config.dtype == bf16.config.param_dtype == "bfloat16"
+  assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jax.numpy.dtype("bfloat16")}
+  assert translator.config.dtype == "float32"  # the float32 translator is untouched
+  sentences = [_sentence(n, seed=s) for s, n in enumerate([3, 7, 12])]
+  # Same lengths: the per-sentence limits decide them for this model (it never ends).
+  out32, out16 = translator.translate_ids(sentences), bf16.translate_ids(sentences)
+  assert [len(o) for o in out16] == [len(o) for o in out32]
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    Translator(translator.config, translator.params, None, None, dtype="float16")
+
+
+def test_params_live_on_the_device(translator):
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(translator.params))
