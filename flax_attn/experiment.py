@@ -57,7 +57,13 @@ def fit_tokenizer(kind: str, texts: list[str], config, lang: str = "") -> Any:
 
 
 def fit_tokenizers(config, train: Split):
-  """(source tokenizer, target tokenizer) fitted on the training split."""
+  """(source tokenizer, target tokenizer) fitted on the training split; with
+  `sp_joint` one SentencePiece model fitted on both sides serves as both."""
+  if config.get("sp_joint", False):
+    if not config.src_tokenizer == config.trg_tokenizer == "sentencepiece":
+      raise ValueError("sp_joint needs src_tokenizer = trg_tokenizer = 'sentencepiece'")
+    joint = fit_tokenizer("sentencepiece", list(train.src) + list(train.trg), config)
+    return joint, joint
   return (fit_tokenizer(config.src_tokenizer, train.src, config, config.get("src_lang", "")),
           fit_tokenizer(config.trg_tokenizer, train.trg, config, config.get("trg_lang", "")))
 
@@ -82,7 +88,8 @@ MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "e
                       "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
 # Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
 FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "src_lang", "trg_lang", "min_freq",
-                          "lowercase", "sp_vocab_size", "sp_model_type", "num_buckets")
+                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint",
+                          "num_buckets")
 # Fields that only say where or how this process runs.
 FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",
                         "data_dir", "download")

@@ -1,6 +1,6 @@
-"""Smoke test of experiments/benchmark.py: tiny shapes, one repeat, a function call."""
+"""Smoke tests of experiments/benchmark.py and its pieces (experiments/bench/):
+tiny shapes, one repeat, function calls."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,48 +11,42 @@ from conftest import require_torch
 
 require_torch()
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "experiments", "benchmark.py")
+_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "experiments")
+if _EXPERIMENTS not in sys.path:
+  sys.path.insert(0, _EXPERIMENTS)
 
-
-@pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("experiments_benchmark", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["experiments_benchmark"] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
+from bench import compare, harness, sweep, torch_cases  # noqa: E402
 
 TINY = dict(batch=3, src_len=5, trg_len=4, src_vocab=30, trg_vocab=25, emb=8, hidden=12)
 
 
-def test_flops_per_token_at_tutorial_sizes(bench):
-  f = bench.model_flops(batch=128, src_len=24, trg_len=24, emb=256, enc_hidden=512,
-                            dec_hidden=512, attn=512, trg_vocab=5893)
+def test_flops_per_token_at_tutorial_sizes():
+  f = harness.model_flops(batch=128, src_len=24, trg_len=24, emb=256, enc_hidden=512,
+                          dec_hidden=512, attn=512, trg_vocab=5893)
   assert f["forward_per_token"] / 1e6 == pytest.approx(33.0, rel=0.1)
   assert f["train_per_token"] / 1e6 == pytest.approx(99.0, rel=0.1)
   assert f["train"] == pytest.approx(3 * f["forward"])
   # The output projection dominates: 2 * (512 + 1024 + 256) * 5893 per token.
   assert f["output_proj"] / (128 * 24) == 2 * 1792 * 5893
   # Per token the count does not depend on the batch size.
-  g = bench.model_flops(batch=7, src_len=24, trg_len=24)
+  g = harness.model_flops(batch=7, src_len=24, trg_len=24)
   assert g["train_per_token"] == pytest.approx(f["train_per_token"])
   # The tutorial's unhoisted attention executes more.
-  assert bench.model_flops(128, 24, 24, hoisted=False)["forward"] > f["forward"]
+  assert harness.model_flops(128, 24, 24, hoisted=False)["forward"] > f["forward"]
 
 
-def test_run_gives_complete_positive_records(bench, capsys):
-  shapes = bench.Shapes(**TINY)
-  result = bench.run(shapes, what=("train", "greedy", "beam"), repeats=1, warmup=0,
-                         matmul_n=64, matmul_calls=1)
+def test_run_gives_complete_positive_records(capsys):
+  shapes = harness.Shapes(**TINY)
+  peers = ("torch_tutorial", "torch_hoisted")
+  result = compare.run(shapes, what=("train", "greedy", "beam"), peers=peers, repeats=1,
+                       warmup=0, matmul_n=64, matmul_calls=1)
   records = result["records"]
   pairs = {(r["impl"], r["what"]) for r in records}
-  for what in ("train", "greedy"):
-    assert ("flax_attn", what) in pairs and ("torch", what) in pairs
-  assert ("torch", "beam") not in pairs
+  expected = {(impl, w) for impl in ("flax_attn",) + peers for w in ("train", "greedy")}
+  assert pairs == expected | {("flax_attn", "beam")}
   for r in records:
-    assert set(bench.RECORD_KEYS) <= set(r)
+    assert set(harness.RECORD_KEYS) <= set(r)
     for key in ("tokens_per_s", "ms_per_step", "peak_rss_mb"):
       assert r[key] > 0 and math.isfinite(r[key]), (r["impl"], r["what"], key, r[key])
     assert r["compile_s"] >= 0
@@ -60,27 +54,47 @@ def test_run_gives_complete_positive_records(bench, capsys):
         shapes.batch * shapes.trg_len / (r["ms_per_step"] / 1e3))
   train = [r for r in records if r["what"] == "train"]
   assert all(r["gflop_per_s"] > 0 and r["pct_of_matmul"] > 0 for r in train)
-  flax_train = next(r for r in train if r["impl"] == "flax_attn")
-  assert flax_train["compile_method"] == "aot_lower_compile" and flax_train["compile_s"] > 0
+  assert [r for r in train if "executed_gflop_per_s" in r][0]["impl"] == "torch_tutorial"
   s = result["summary"]
   assert s["matmul_gflop_per_s_jax"] > 0 and s["train_mflop_per_token"] > 0
-  assert set(s["flax_over_torch_tokens_per_s"]) == {"train", "greedy"}
+  assert set(s["flax_over_peer_tokens_per_s"]) == {f"{w} vs {p}" for w in ("train", "greedy")
+                                                   for p in peers}
   # The printers run and the JSON lines parse.
-  assert "tokens/s" in bench.format_table(records)
-  assert "MFLOP/token" in bench.format_summary(result)
-  bench.print_json(result)
+  assert "tokens/s" in compare.format_table(records)
+  assert "MFLOP/token" in compare.format_summary(result)
+  compare.print_json(result)
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == len(records) + 1
-  assert all(set(bench.RECORD_KEYS) <= set(json.loads(x)) for x in lines[:-1])
+  assert all(set(harness.RECORD_KEYS) <= set(json.loads(x)) for x in lines[:-1])
   assert "train_mflop_per_token" in json.loads(lines[-1])["summary"]
 
 
-def test_write_sweep(bench, tmp_path):
+def test_peers_train_the_same_weights_to_the_same_loss():
+  """One train step of each peer from the same weights and batch gives the same loss
+  (dropout off), so the peers time the same computation."""
+  shapes = harness.Shapes(**{**TINY, "dropout": 0.0})
+  batch = harness.make_batch(shapes)
+  losses = {}
+  for peer in ("torch_tutorial", "torch_hoisted"):
+    models = torch_cases.build_models(shapes, seed=0)
+    losses[peer] = torch_cases.train_case(models, peer, batch, shapes).fn()
+  assert losses["torch_tutorial"] == pytest.approx(losses["torch_hoisted"], rel=1e-5)
+
+
+def test_write_sweep(tmp_path):
   records = [dict(impl=impl, what="train", batch=b, trg_len=t, src_len=5, repeats=1,
-                  tokens_per_s=100.0 * b * (2 if impl == "flax_attn" else 1),
-                  ms_per_step=10.0, compile_s=1.0, peak_rss_mb=1.0)
-             for impl in ("flax_attn", "torch") for b in (2, 4) for t in (3, 5)]
-  md, png = bench.write_sweep(records, str(tmp_path))
+                  tokens_per_s=100.0 * b * factor, ms_per_step=10.0, compile_s=1.0,
+                  peak_rss_mb=1.0)
+             for impl, factor in (("flax_attn", 4), ("torch_tutorial", 1), ("torch_hoisted", 2))
+             for b in (2, 4) for t in (3, 5)]
+  md, png = sweep.write_sweep(records, str(tmp_path))
   text = open(md).read()
-  assert "| 4 | 5 | 800 | 400 | 2.00 |" in text
+  assert "| 4 | 5 | 1600 | 800 | 400 | 2.00 | 4.00 |" in text
   assert os.path.getsize(png) > 0
+
+
+def test_cli_rejects_an_unknown_peer(capsys):
+  import benchmark
+  with pytest.raises(SystemExit) as e:
+    benchmark.parse_args(["--peers", "torch_tutorial,tensorflow"])
+  assert e.value.code == 2 and "tensorflow" in capsys.readouterr().err
