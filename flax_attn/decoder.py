@@ -205,6 +205,30 @@ class Decoder(nn.Module):
     emb = jnp.take(w.embedding, token_B, axis=0).astype(jnp.float32)
     return _full_step(w, cache, s_BxH, emb, self.config.compute_dtype)
 
+  def teacher_forced_features(self, s0_BxH: jax.Array, cache: DecoderCache,
+                              trg_in_BxT: jax.Array, train: bool = False):
+    """Full teacher forcing up to the output projection: returns the
+    projection's inputs `[s'; context; emb]`, `[batch, trg_len, dec_hidden +
+    2*enc_hidden + emb]` float32, and the attention `[batch, trg_len, src_len]`.
+    `logits = features @ out_kernel + out_bias` (`__call__` does that; the
+    train step fuses it with the loss, `loss.projected_cross_entropy_sums`)."""
+    cfg, w, dtype = self.config, self._weights(), self.config.compute_dtype
+    batch, trg_len = trg_in_BxT.shape
+    emb_BxTxE = self.dropout(self.embedding(trg_in_BxT), deterministic=not train)
+    # Hoisted out of the scan: the embedding's share of the GRU input gates,
+    # and the fused [W_query | W_hh] both of which multiply the previous state.
+    w_ie, w_ic = w.w_ih[:cfg.emb_dim], w.w_ih[cfg.emb_dim:]
+    w_sh = jnp.concatenate([w.w_query, w.w_hh], axis=1)
+    gi_emb_TxBx3H = dense(emb_BxTxE, w_ie, w.b_ih, dtype).transpose(1, 0, 2)
+    h3 = 3 * cfg.dec_hidden
+    z_shapes = ((trg_len, batch, cfg.attention_dim + h3), (trg_len, batch, h3))
+    s_TxBxH, c_TxBxM, a_TxBxS = _teacher_forced_scan(dtype, cfg.scan_unroll)(
+        (w_sh, w_ic), z_shapes, w, cache, s0_BxH, gi_emb_TxBx3H)
+    features = jnp.concatenate(
+        [s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2),
+         emb_BxTxE.astype(jnp.float32)], axis=-1)
+    return features, a_TxBxS.transpose(1, 0, 2)
+
   def __call__(self, s0_BxH: jax.Array, cache: DecoderCache, trg_in_BxT: jax.Array,
                train: bool = False, teacher_forcing: float = 1.0):
     """Runs the decoder over a target prefix batch.
@@ -228,38 +252,27 @@ class Decoder(nn.Module):
     dtype = cfg.compute_dtype
     w = self._weights()
     if teacher_forcing >= 1.0:
-      emb_BxTxE = self.dropout(self.embedding(trg_in_BxT), deterministic=not train)
-      # Hoisted out of the scan: the embedding's share of the GRU input gates,
-      # and the fused [W_query | W_hh] both of which multiply the previous state.
-      w_ie, w_ic = w.w_ih[:cfg.emb_dim], w.w_ih[cfg.emb_dim:]
-      w_sh = jnp.concatenate([w.w_query, w.w_hh], axis=1)
-      gi_emb_TxBx3H = dense(emb_BxTxE, w_ie, w.b_ih, dtype).transpose(1, 0, 2)
-      h3 = 3 * cfg.dec_hidden
-      z_shapes = ((trg_len, batch, cfg.attention_dim + h3), (trg_len, batch, h3))
-      s_TxBxH, c_TxBxM, a_TxBxS = _teacher_forced_scan(dtype, cfg.scan_unroll)(
-          (w_sh, w_ic), z_shapes, w, cache, s0_BxH, gi_emb_TxBx3H)
-      features = jnp.concatenate(
-          [s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2),
-           emb_BxTxE.astype(jnp.float32)], axis=-1)
-      logits_BxTxV = dense(features, w.w_out, w.b_out, dtype)
+      features_BxTxF, attn_BxTxS = self.teacher_forced_features(s0_BxH, cache, trg_in_BxT, train)
+      logits_BxTxV = dense(features_BxTxF, w.w_out, w.b_out, dtype)
+      chex.assert_shape(logits_BxTxV, (batch, trg_len, cfg.trg_vocab_size))
+      return logits_BxTxV, attn_BxTxS
+    token_TxB = trg_in_BxT.T
+    if teacher_forcing <= 0.0:
+      teacher_TxB = jnp.zeros((trg_len, batch), bool)
     else:
-      token_TxB = trg_in_BxT.T
-      if teacher_forcing <= 0.0:
-        teacher_TxB = jnp.zeros((trg_len, batch), bool)
-      else:
-        teacher_TxB = jax.random.bernoulli(self.make_rng("dropout"), teacher_forcing,
-                                           (trg_len, batch))
-      teacher_TxB = teacher_TxB.at[0].set(True)
-      if train and cfg.dropout > 0.0:
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout,
-                                    (trg_len, batch, cfg.emb_dim))
-        keep_TxBxE = keep.astype(jnp.float32) / (1.0 - cfg.dropout)
-      else:
-        keep_TxBxE = jnp.ones((trg_len, batch, cfg.emb_dim), jnp.float32)
-      carry0 = (s0_BxH, trg_in_BxT[:, 0])
-      _, (logits_TxBxV, a_TxBxS) = self.sampled_scan(
-          carry0, (token_TxB, teacher_TxB, keep_TxBxE), (w, cache))
-      logits_BxTxV = logits_TxBxV.transpose(1, 0, 2)
+      teacher_TxB = jax.random.bernoulli(self.make_rng("dropout"), teacher_forcing,
+                                         (trg_len, batch))
+    teacher_TxB = teacher_TxB.at[0].set(True)
+    if train and cfg.dropout > 0.0:
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout,
+                                  (trg_len, batch, cfg.emb_dim))
+      keep_TxBxE = keep.astype(jnp.float32) / (1.0 - cfg.dropout)
+    else:
+      keep_TxBxE = jnp.ones((trg_len, batch, cfg.emb_dim), jnp.float32)
+    carry0 = (s0_BxH, trg_in_BxT[:, 0])
+    _, (logits_TxBxV, a_TxBxS) = self.sampled_scan(
+        carry0, (token_TxB, teacher_TxB, keep_TxBxE), (w, cache))
+    logits_BxTxV = logits_TxBxV.transpose(1, 0, 2)
     attn_BxTxS = a_TxBxS.transpose(1, 0, 2)
     chex.assert_shape(logits_BxTxV, (batch, trg_len, cfg.trg_vocab_size))
     return logits_BxTxV, attn_BxTxS

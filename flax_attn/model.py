@@ -77,6 +77,19 @@ class Seq2Seq(nn.Module):
     self.sow("intermediates", "attention", attn)
     return logits
 
+  def teacher_forced_features(self, src: jax.Array, src_lengths: jax.Array, trg_in: jax.Array,
+                              train: bool = False) -> jax.Array:
+    """What the output projection reads under full teacher forcing,
+    `[batch, trg_len, dec_hidden + 2*enc_hidden + emb]` float32:
+    `__call__(..., teacher_forcing=1.0)` is these features times
+    `decoder/out_kernel` plus `decoder/out_bias` (the train step fuses that
+    projection with the loss: `loss.projected_cross_entropy_sums`)."""
+    check_inputs(src, src_lengths, trg_in)
+    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
+    cache = self.decoder.prepare(memory, mask)
+    features, _ = self.decoder.teacher_forced_features(s0, cache, trg_in, train=train)
+    return features
+
   def encode(self, src: jax.Array, src_lengths: jax.Array, train: bool = False):
     """Returns `(s0 [batch, dec_hidden], DecoderCache)` for step-wise decoding."""
     check_inputs(src, src_lengths)

@@ -45,7 +45,7 @@ from flax_attn import experiment, parallel, paths
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.input_pipeline import (TrainBatches, bucket_widths, encode_pairs, eval_batches,
                                       example_widths, train_dataset)
-from flax_attn.loss import cross_entropy_sums
+from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums
 from flax_attn.metrics_log import MetricsLog
 from flax_attn.model import Seq2Seq
 from flax_attn.optimizer import Plateau, make_optimizer, schedule
@@ -100,10 +100,19 @@ def train_step(state: TrainState, batch: dict, *, model_config: Seq2SeqConfig,
   model = Seq2Seq(model_config)
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, batch["src"], batch["src_lengths"], batch["trg_in"],
-                         train=True, teacher_forcing=teacher_forcing, rngs={"dropout": rng})
-    loss_sum, nll_sum, weight_sum = cross_entropy_sums(logits, batch["trg_out"], batch["weights"],
-                                                       label_smoothing)
+    inputs = (batch["src"], batch["src_lengths"], batch["trg_in"])
+    if teacher_forcing >= 1.0:  # the output projection fused with the loss, in chunks
+      features = model.apply({"params": params}, *inputs, train=True, rngs={"dropout": rng},
+                             method=Seq2Seq.teacher_forced_features)
+      dec = params["decoder"]
+      loss_sum, nll_sum, weight_sum = projected_cross_entropy_sums(
+          features, dec["out_kernel"], dec["out_bias"], batch["trg_out"], batch["weights"],
+          label_smoothing, model_config.compute_dtype)
+    else:
+      logits = model.apply({"params": params}, *inputs, train=True,
+                           teacher_forcing=teacher_forcing, rngs={"dropout": rng})
+      loss_sum, nll_sum, weight_sum = cross_entropy_sums(logits, batch["trg_out"],
+                                                         batch["weights"], label_smoothing)
     return loss_sum, (nll_sum, weight_sum)
 
   (loss_sum, (nll_sum, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
