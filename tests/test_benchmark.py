@@ -93,6 +93,14 @@ def test_write_sweep(tmp_path):
   assert os.path.getsize(png) > 0
 
 
+def test_profile_times_every_part():
+  from bench import profile
+  out = profile.run_profile(harness.Shapes(**TINY), repeats=1, unrolls=(1, 2))
+  measured = [k for k in out if not k.startswith("derived")]
+  assert len(measured) == 10 and all(out[k]["min_ms"] > 0 for k in measured)
+  assert "output projection + loss (fused) fwd+bwd" in out
+
+
 def test_cli_rejects_an_unknown_peer(capsys):
   import benchmark
   with pytest.raises(SystemExit) as e:

@@ -1,7 +1,9 @@
 """Where the flax_attn train step spends its time: each part jitted and timed alone.
 
-Only the project's own functions are timed (`Seq2Seq.encode`, its decoder,
-`flax_attn.loss.cross_entropy_sums`, the pmapped `flax_attn.train.train_step`);
+Only the project's own functions are timed (`Seq2Seq.encode`, the decoder's
+`teacher_forced_features`, `flax_attn.loss.projected_cross_entropy_sums` (the
+output projection fused with the loss, as the train step runs it), the
+pmapped `flax_attn.train.train_step`);
 the functions below only choose which part to differentiate.
 """
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 
 from bench import flax_cases, torch_cases
 from bench.harness import Shapes, make_batch
-from flax_attn.loss import cross_entropy_sums
+from flax_attn.loss import projected_cross_entropy_sums
 from flax_attn.model import Seq2Seq
 
 
@@ -29,11 +31,6 @@ def _times(fn, repeats: int) -> list[float]:
     fn()
     times.append(time.perf_counter() - t0)
   return times
-
-
-def _mean_loss(logits, batch):
-  loss_sum, _, weight_sum = cross_entropy_sums(logits, batch["trg_out"], batch["weights"])
-  return loss_sum / jnp.maximum(weight_sum, 1.0)
 
 
 def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
@@ -70,18 +67,21 @@ def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
   s0, cache = model.apply({"params": params}, batch["src"], batch["src_lengths"],
                           method=Seq2Seq.encode)
 
-  def decode(p, s0, cache):  # decoder (scan + hoisted projections) + loss
-    logits, _ = model.apply({"params": p}, s0, cache, batch["trg_in"], train=True,
-                            method=lambda m, *a, **k: m.decoder(*a, **k), rngs={"dropout": rng})
-    return _mean_loss(logits, batch)
+  def project(w, bias, feats):  # the output projection fused with the loss, as trained
+    loss_sum, _, weight_sum = projected_cross_entropy_sums(
+        feats, w, bias, batch["trg_out"], batch["weights"], dtype=config.compute_dtype)
+    return loss_sum / jnp.maximum(weight_sum, 1.0)
 
-  def project(w, bias, feats):  # the hoisted output projection + loss
-    return _mean_loss(jnp.dot(feats, w) + bias, batch)
+  def decode(p, s0, cache):  # decoder (scan + hoisted projections) + fused loss
+    feats, _ = model.apply({"params": p}, s0, cache, batch["trg_in"], train=True,
+                           method=lambda m, *a, **k: m.decoder.teacher_forced_features(*a, **k),
+                           rngs={"dropout": rng})
+    return project(p["decoder"]["out_kernel"], p["decoder"]["out_bias"], feats)
 
   def loss(p):
-    logits = model.apply({"params": p}, batch["src"], batch["src_lengths"], batch["trg_in"],
-                         train=True, teacher_forcing=1.0, rngs={"dropout": rng})
-    return _mean_loss(logits, batch)
+    feats = model.apply({"params": p}, batch["src"], batch["src_lengths"], batch["trg_in"],
+                        train=True, rngs={"dropout": rng}, method=Seq2Seq.teacher_forced_features)
+    return project(p["decoder"]["out_kernel"], p["decoder"]["out_bias"], feats)
 
   dec = params["decoder"]
   feats = jnp.ones((shapes.batch, shapes.trg_len, dec["out_kernel"].shape[0]), jnp.float32)
@@ -89,8 +89,9 @@ def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
   timeit("encoder fwd+bwd", jax.grad(encode), params)
   timeit("decoder + loss fwd", decode, params, s0, cache)
   timeit("decoder + loss fwd+bwd", jax.grad(decode, argnums=(0, 1, 2)), params, s0, cache)
-  timeit("output projection + loss fwd", project, dec["out_kernel"], dec["out_bias"], feats)
-  timeit("output projection + loss fwd+bwd",
+  timeit("output projection + loss (fused) fwd",
+         project, dec["out_kernel"], dec["out_bias"], feats)
+  timeit("output projection + loss (fused) fwd+bwd",
          jax.grad(project, argnums=(0, 1, 2)), dec["out_kernel"], dec["out_bias"], feats)
   timeit("model + loss fwd", loss, params)
   timeit("model + loss fwd+bwd", jax.grad(loss), params)
@@ -108,9 +109,9 @@ def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
     show(name)
 
   derive("derived: decoder scan (+ emb gates) fwd", ["decoder + loss fwd"],
-         ["output projection + loss fwd"])
+         ["output projection + loss (fused) fwd"])
   derive("derived: decoder scan (+ emb gates) fwd+bwd", ["decoder + loss fwd+bwd"],
-         ["output projection + loss fwd+bwd"])
+         ["output projection + loss (fused) fwd+bwd"])
   derive("derived: optimizer (clip + adam) and pmap", [f"full train step (scan_unroll={unrolls[0]})"],
          ["model + loss fwd+bwd"])
   return out
