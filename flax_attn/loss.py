@@ -65,8 +65,9 @@ def projected_cross_entropy_sums(features_BxTxF: jax.Array, kernel_FxV: jax.Arra
 
 
 def _chunk(smoothing, dtype, kernel_FxV, bias_V, feats_CxF, tgt_C, wts_C):
-  """One chunk's (loss_sum, nll_sum, d loss_sum / d logits)."""
-  logits = jnp.dot(feats_CxF.astype(dtype), kernel_FxV.astype(dtype),
+  """One chunk's (loss_sum, nll_sum, d loss_sum / d logits); `kernel_FxV`
+  arrives already in `dtype` (cast once, outside the loop over chunks)."""
+  logits = jnp.dot(feats_CxF.astype(dtype), kernel_FxV,
                    preferred_element_type=jnp.float32) + bias_V.astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)
   nll = lse - jnp.take_along_axis(logits, tgt_C[:, None], axis=-1)[:, 0]
@@ -81,14 +82,15 @@ def _chunk(smoothing, dtype, kernel_FxV, bias_V, feats_CxF, tgt_C, wts_C):
 
 
 def _projected_fwd(smoothing, dtype, feats, kernel_FxV, bias_V, tgt, wts):
+  kernel = kernel_FxV.astype(dtype)
+
   def body(carry, x):
     loss_sum, nll_sum, d_kernel, d_bias = carry
     feats_CxF, tgt_C, wts_C = x
-    loss, nll, dlogits = _chunk(smoothing, dtype, kernel_FxV, bias_V, feats_CxF, tgt_C, wts_C)
+    loss, nll, dlogits = _chunk(smoothing, dtype, kernel, bias_V, feats_CxF, tgt_C, wts_C)
     d_kernel = d_kernel + jnp.dot(feats_CxF.astype(dtype).T, dlogits.astype(dtype),
                                   preferred_element_type=jnp.float32)
-    d_feats = jnp.dot(dlogits.astype(dtype), kernel_FxV.astype(dtype).T,
-                      preferred_element_type=jnp.float32)
+    d_feats = jnp.dot(dlogits.astype(dtype), kernel.T, preferred_element_type=jnp.float32)
     carry = (loss_sum + loss, nll_sum + nll, d_kernel, d_bias + jnp.sum(dlogits, axis=0))
     return carry, d_feats.astype(feats.dtype)
 
@@ -109,8 +111,10 @@ def _projected_bwd(smoothing, dtype, residuals, cotangents):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _projected_sums(smoothing, dtype, feats, kernel_FxV, bias_V, tgt, wts):
+  kernel = kernel_FxV.astype(dtype)
+
   def body(carry, x):
-    loss, nll, _ = _chunk(smoothing, dtype, kernel_FxV, bias_V, *x)
+    loss, nll, _ = _chunk(smoothing, dtype, kernel, bias_V, *x)
     return (carry[0] + loss, carry[1] + nll), None
 
   zero = jnp.zeros((), jnp.float32)
