@@ -201,6 +201,19 @@ def test_evaluate_and_translate_print_only_their_answers(run_dir):
   assert len(out.splitlines()) == 1  # (the tiny model may answer with an empty line)
 
 
+def test_evaluate_bfloat16_keeps_the_float32_output(run_dir):
+  """The bfloat16 system output goes to its own file: comparing the two dtypes
+  never overwrites the float32 hypotheses."""
+  outs = {}
+  for dtype in ("float32", "bfloat16"):
+    rc, out, err = _cli("evaluate.py", f"--workdir={run_dir}", "--split=val", f"--dtype={dtype}")
+    assert rc == 0, err[-3000:]
+    outs[dtype] = json.loads(out)["output"]
+  assert outs == {"float32": str(run_dir / "val.beam1.hyp.txt"),
+                  "bfloat16": str(run_dir / "val.beam1.bfloat16.hyp.txt")}
+  assert all(Path(p).stat().st_size > 0 for p in outs.values())
+
+
 def test_real_warnings_still_show(run_dir):
   """Only Orbax's read-only notices are dropped: a truncated input still warns."""
   rc, out, err = _cli("translate.py", f"--workdir={run_dir}", stdin=("1 " * 500 + "\n").encode())
