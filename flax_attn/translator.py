@@ -42,8 +42,10 @@ class Translator:
     checkpoint's meta record (experiment config included).
 
   `dtype="bfloat16"` (in `__init__` or `load`) decodes with bfloat16 weights
-  and matmuls (the recurrent state and softmax stay float32): faster on CPUs
-  and TPUs, at a small quality cost (README, "bfloat16 inference").
+  and matmuls (the recurrent state and softmax stay float32). Its speed
+  depends on the hardware (on a CPU without bfloat16 instructions it can be
+  slower than float32); its speed and quality cost are measured in the
+  README, "bfloat16 inference".
   """
 
   def __init__(self, config: Seq2SeqConfig, params, src_tokenizer, trg_tokenizer,
