@@ -52,7 +52,8 @@ def fit_tokenizer(kind: str, texts: list[str], config, lang: str = "") -> Any:
   if kind == "sentencepiece":
     return tok_lib.SentencePieceTokenizer.fit(texts, vocab_size=config.sp_vocab_size,
                                               model_type=config.sp_model_type,
-                                              lowercase=config.lowercase)
+                                              lowercase=config.lowercase,
+                                              byte_fallback=config.get("sp_byte_fallback", False))
   raise ValueError(f"unknown tokenizer {kind!r}; use word, char, whitespace or sentencepiece")
 
 
@@ -88,7 +89,7 @@ MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "e
                       "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
 # Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
 FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "src_lang", "trg_lang", "min_freq",
-                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint",
+                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint", "sp_byte_fallback",
                           "num_buckets")
 # Fields that only say where or how this process runs.
 FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",

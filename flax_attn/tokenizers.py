@@ -262,13 +262,20 @@ class SentencePieceTokenizer:
 
     Trained in memory (no temporary files), single-threaded so that the same
     texts give the same model bytes. Unknown pieces decode as ``<unk>``.
+
+    With ``byte_fallback=True`` every character of the training texts is kept
+    (``character_coverage`` 1) and any other character is spelt as UTF-8 byte
+    pieces (``<0xC3>``...), so no text ever encodes to ``UNK_ID`` and a
+    decoded output never contains ``<unk>`` (a stray ``UNK_ID`` from a model is
+    dropped on decoding: it stands for no text).
     """
 
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes, lowercase: bool = True):
+    def __init__(self, model_proto: bytes, lowercase: bool = True, byte_fallback: bool = False):
         self.model_proto = bytes(model_proto)
         self.lowercase = lowercase
+        self.byte_fallback = byte_fallback
         self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         got = (self._sp.unk_id(), self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id())
         if got != (UNK_ID, PAD_ID, BOS_ID, EOS_ID):
@@ -276,8 +283,9 @@ class SentencePieceTokenizer:
 
     @classmethod
     def fit(cls, texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
-            lowercase: bool = True) -> "SentencePieceTokenizer":
-        """Train on ``texts``; ``vocab_size`` includes the 4 specials."""
+            lowercase: bool = True, byte_fallback: bool = False) -> "SentencePieceTokenizer":
+        """Train on ``texts``; ``vocab_size`` includes the 4 specials (and,
+        with ``byte_fallback``, the 256 byte pieces)."""
         if model_type not in ("bpe", "unigram"):
             raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
         texts = _check_texts(texts)
@@ -295,10 +303,12 @@ class SentencePieceTokenizer:
                 unk_surface=UNK_TOKEN,
                 num_threads=1,
                 minloglevel=2,
+                byte_fallback=byte_fallback,
+                character_coverage=1.0 if byte_fallback else 0.9995,
             )
         except RuntimeError as e:  # e.g. "Vocabulary size too high (40). Please set it to ..."
             raise ValueError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from e
-        return cls(writer.getvalue(), lowercase)
+        return cls(writer.getvalue(), lowercase, byte_fallback)
 
     @property
     def vocab_size(self) -> int:
@@ -315,7 +325,10 @@ class SentencePieceTokenizer:
         return self._sp.encode(self._prep(text))
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._sp.decode(_decode_ids(ids))
+        ids = _decode_ids(ids)
+        if self.byte_fallback:
+            ids = [i for i in ids if i != UNK_ID]
+        return self._sp.decode(ids)
 
     def id_to_token(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
@@ -329,7 +342,8 @@ class SentencePieceTokenizer:
         tmp = directory / (SPM_MODEL_FILE + ".tmp")
         tmp.write_bytes(self.model_proto)
         os.replace(tmp, directory / SPM_MODEL_FILE)
-        _write_json(directory, {"kind": self.kind, "lowercase": self.lowercase, "model": SPM_MODEL_FILE})
+        _write_json(directory, {"kind": self.kind, "lowercase": self.lowercase,
+                                "byte_fallback": self.byte_fallback, "model": SPM_MODEL_FILE})
 
     @classmethod
     def load(cls, directory) -> "SentencePieceTokenizer":
@@ -337,18 +351,21 @@ class SentencePieceTokenizer:
         if config.get("kind") != cls.kind:
             raise ValueError(f"{directory} holds a {config.get('kind')!r} tokenizer, not {cls.kind!r}")
         proto = (Path(directory) / config["model"]).read_bytes()
-        return cls(proto, lowercase=config["lowercase"])
+        return cls(proto, lowercase=config["lowercase"],
+                   byte_fallback=config.get("byte_fallback", False))
 
     # The SWIG processor is rebuilt from the proto bytes when pickled (e.g. by
     # multiprocessing data loaders).
     def __getstate__(self):
-        return {"model_proto": self.model_proto, "lowercase": self.lowercase}
+        return {"model_proto": self.model_proto, "lowercase": self.lowercase,
+                "byte_fallback": self.byte_fallback}
 
     def __setstate__(self, state):
-        self.__init__(state["model_proto"], state["lowercase"])
+        self.__init__(state["model_proto"], state["lowercase"], state.get("byte_fallback", False))
 
     def __repr__(self) -> str:
-        return f"SentencePieceTokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase})"
+        return (f"SentencePieceTokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase}, "
+                f"byte_fallback={self.byte_fallback})")
 
 
 Tokenizer = WordTokenizer | CharTokenizer | WhitespaceTokenizer | SentencePieceTokenizer

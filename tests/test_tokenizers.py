@@ -173,3 +173,22 @@ def test_cased_sentencepiece_decodes_plain_text():
     t = tok.SentencePieceTokenizer.fit(SENTS * 20, vocab_size=60, lowercase=False)
     for s in SENTS:
         assert t.decode(t.encode(s)) == s
+
+
+def test_sentencepiece_byte_fallback_never_gives_unk(tmp_path):
+    texts = SENTS * 20
+    t = tok.SentencePieceTokenizer.fit(texts, vocab_size=300, lowercase=False, byte_fallback=True)
+    plain = tok.SentencePieceTokenizer.fit(texts, vocab_size=40, lowercase=False)
+    unseen = "Ein Café für Zoë — 3€ «ok»"  # characters the training texts never had
+    assert tok.UNK_ID in plain.encode(unseen) and "<unk>" in plain.decode(plain.encode(unseen))
+    ids = t.encode(unseen)
+    assert tok.UNK_ID not in ids
+    assert t.decode(ids) == unseen
+    # A stray UNK_ID from a model stands for no text: dropped, never shown.
+    assert t.decode([ids[0], tok.UNK_ID] + ids[1:]) == unseen
+    for s in SENTS:
+        assert t.decode(t.encode(s)) == s
+    t.save(tmp_path)
+    for loaded in (tok.load_tokenizer(tmp_path), pickle.loads(pickle.dumps(t))):
+        assert loaded.byte_fallback and loaded.encode(unseen) == ids
+        assert loaded.decode([tok.UNK_ID]) == ""

@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sp_vocab_size = 8000
   c.sp_model_type = "bpe"
   c.sp_joint = False         # one SentencePiece model for both sides
+  c.sp_byte_fallback = False  # unseen characters as UTF-8 byte pieces: no <unk>, ever
   c.max_src_len = 64         # tokens incl. EOS; longer inputs are truncated
   c.max_trg_len = 64
   c.num_buckets = 4          # padded widths, hence at most this many compilations
