@@ -158,3 +158,33 @@ def test_property_process_slices_partition_global_batch(data, processes, rows_pe
         mock.patch.object(jax, "process_index", return_value=0), \
         pytest.raises(ValueError, match="does not split"):
       parallel.process_slice({"src": np.zeros((processes * rows_per_process + 1, 3))})
+
+
+def _padded_tokens(widths, buckets):
+  return sum(next(b for b in buckets if b >= w) for w in widths)
+
+
+@_PROPERTY
+@given(widths=st.lists(st.integers(1, 40), min_size=1, max_size=40),
+       num_buckets=st.integers(1, 5), multiple=st.sampled_from([1, 4]))
+def test_property_bucket_widths_pad_to_the_fewest_tokens(widths, num_buckets, multiple):
+  import itertools
+  got = bucket_widths(np.array(widths), num_buckets, multiple)
+  rounded = sorted({-(-w // multiple) * multiple for w in widths})
+  assert len(got) <= num_buckets and got == tuple(sorted(got))
+  assert got[-1] == rounded[-1] and all(b % multiple == 0 for b in got)
+  # Against every choice of at most num_buckets - 1 widths below the largest.
+  best = min(_padded_tokens(widths, c + (rounded[-1],))
+             for q in range(min(num_buckets, len(rounded)))
+             for c in itertools.combinations(rounded[:-1], q))
+  assert _padded_tokens(widths, got) == best
+
+
+def test_bucket_widths_cut_the_long_tail_quantiles_wasted():
+  # 75 short examples and a long tail: the quantiles (1/3, 2/3, 1) give
+  # (12, 48), which pads the whole tail to 48; the optimum splits the tail.
+  widths = np.array([10] * 75 + list(range(21, 46)))
+  got = bucket_widths(widths, 3)
+  assert got == (12, 32, 48)
+  assert _padded_tokens(widths, got) < _padded_tokens(widths, (12, 48))
+  assert bucket_widths(np.array([5] * 10), 3) == (8,)
