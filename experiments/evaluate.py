@@ -25,7 +25,7 @@ flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
 flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
-flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.beam<K>[.bfloat16].hyp.txt)")
+flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.beam<K>[.alpha<A>][.bfloat16].hyp.txt)")
 flags.mark_flag_as_required("workdir")
 
 
@@ -85,15 +85,17 @@ def run() -> dict:
     split = splits[FLAGS.split]
     src, refs, name = split.src, split.references(), FLAGS.split
   hyps = _translate_with_progress(translator, src)
-  dtype_tag = "" if FLAGS.dtype == "float32" else f".{FLAGS.dtype}"
+  tag = f".beam{FLAGS.beam_size}" + (f".alpha{FLAGS.alpha:g}" if FLAGS.beam_size > 1 else "")
+  tag += "" if FLAGS.dtype == "float32" else f".{FLAGS.dtype}"
   out = paths.as_path(FLAGS.out) if FLAGS.out else (
-      paths.as_path(FLAGS.workdir) / f"{name}.beam{FLAGS.beam_size}{dtype_tag}.hyp.txt")
+      paths.as_path(FLAGS.workdir) / f"{name}{tag}.hyp.txt")
   try:
     paths.write_text(out, "\n".join(hyps) + "\n")
   except OSError as e:
     raise UsageError(f"cannot write {out}: {e}") from None
   result = {"task": config.task, "split": name, "step": translator.step,
-            "beam_size": FLAGS.beam_size, "dtype": FLAGS.dtype, "examples": len(src),
+            "beam_size": FLAGS.beam_size, "alpha": FLAGS.alpha if FLAGS.beam_size > 1 else None,
+            "dtype": FLAGS.dtype, "examples": len(src),
             "output": str(out)}
   result.update(metrics.task_metrics(config.task, hyps, refs))
   return result

@@ -267,7 +267,8 @@ class SentencePieceTokenizer:
     (``character_coverage`` 1) and any other character is spelt as UTF-8 byte
     pieces (``<0xC3>``...), so no text ever encodes to ``UNK_ID`` and a
     decoded output never contains ``<unk>`` (a stray ``UNK_ID`` from a model is
-    dropped on decoding: it stands for no text).
+    dropped on decoding: it stands for no text). A decoded text is always one
+    line: line breaks that byte pieces spell become spaces.
     """
 
     kind = "sentencepiece"
@@ -328,7 +329,9 @@ class SentencePieceTokenizer:
         ids = _decode_ids(ids)
         if self.byte_fallback:
             ids = [i for i in ids if i != UNK_ID]
-        return self._sp.decode(ids)
+        # One line, whatever the pieces: byte pieces can spell "\n", "\x1d", ...
+        # (an untrained model emits them), and a translation is one line of a file.
+        return " ".join(self._sp.decode(ids).splitlines())
 
     def id_to_token(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))

@@ -214,6 +214,21 @@ def test_evaluate_bfloat16_keeps_the_float32_output(run_dir):
   assert all(Path(p).stat().st_size > 0 for p in outs.values())
 
 
+def test_evaluate_beam_outputs_are_named_by_alpha(run_dir):
+  """Choosing the length penalty on val means several beam runs: each alpha
+  keeps its own system output, and the JSON line says which alpha it used."""
+  outs = {}
+  for alpha in ("0.6", "1"):
+    rc, out, err = _cli("evaluate.py", f"--workdir={run_dir}", "--split=val", "--beam_size=2",
+                        f"--alpha={alpha}")
+    assert rc == 0, err[-3000:]
+    line = json.loads(out)
+    assert line["alpha"] == float(alpha)
+    outs[alpha] = line["output"]
+  assert outs == {"0.6": str(run_dir / "val.beam2.alpha0.6.hyp.txt"),
+                  "1": str(run_dir / "val.beam2.alpha1.hyp.txt")}
+
+
 def test_real_warnings_still_show(run_dir):
   """Only Orbax's read-only notices are dropped: a truncated input still warns."""
   rc, out, err = _cli("translate.py", f"--workdir={run_dir}", stdin=("1 " * 500 + "\n").encode())

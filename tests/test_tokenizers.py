@@ -192,3 +192,8 @@ def test_sentencepiece_byte_fallback_never_gives_unk(tmp_path):
     for loaded in (tok.load_tokenizer(tmp_path), pickle.loads(pickle.dumps(t))):
         assert loaded.byte_fallback and loaded.encode(unseen) == ids
         assert loaded.decode([tok.UNK_ID]) == ""
+    # Byte pieces can spell line breaks; a decoded text stays one line.
+    breaks = [t.token_to_id(f"<0x{b:02X}>") for b in (0x0A, 0x0B, 0x1D, 0x0D)]
+    text = t.decode(ids[:2] + breaks + ids[2:4])
+    assert len(text.splitlines()) == 1 and text.startswith(t.decode(ids[:2]))
+    assert "\n" in t._sp.decode(breaks)  # what the raw SentencePiece decoder gives
