@@ -89,8 +89,8 @@ MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "e
                       "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
 # Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
 FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "src_lang", "trg_lang", "min_freq",
-                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint", "sp_byte_fallback",
-                          "num_buckets")
+                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint",
+                          "sp_byte_fallback", "num_buckets")
 # Fields that only say where or how this process runs.
 FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",
                         "data_dir", "download")
