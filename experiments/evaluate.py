@@ -98,7 +98,23 @@ def run() -> dict:
             "dtype": FLAGS.dtype, "examples": len(src),
             "output": str(out)}
   result.update(metrics.task_metrics(config.task, hyps, refs))
+  if FLAGS.src is None:  # a split of the task: its references are token ids too
+    result.update(_perplexity(translator, config, split))
   return result
+
+
+def _perplexity(translator, config, split) -> dict:
+  """Teacher-forced and free-running perplexity of the split's targets."""
+  from flax_attn import parallel, train
+  from flax_attn.input_pipeline import encode_pairs
+  src_ids, trg_ids, _ = encode_pairs(split.src, split.trg, translator.src_tokenizer,
+                                     translator.trg_tokenizer, config.max_src_len,
+                                     config.max_trg_len)
+  out = train.split_perplexity(train.pmapped_eval(translator.config),
+                               parallel.replicate(translator.params), src_ids, trg_ids,
+                               config.eval_batch_size, translator.meta.get("buckets"),
+                               free_running=True)
+  return {"ppl": out["ppl"], "free_running_ppl": out["free_running_ppl"]}
 
 
 def _parse_flags(argv):

@@ -106,11 +106,16 @@ def describe_structure_change(saved: set[str], expected: set[str], limit: int = 
   return "; ".join(parts)
 
 
+_WORST = {"min": float("inf"), "max": float("-inf")}
+
+
 def _manager(directory: epath.Path, max_to_keep: int | None, best_metric: str | None = None,
              best_mode: str = "min") -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
-      best_fn=(lambda m: float(m[best_metric])) if best_metric else None,
+      # A checkpoint saved without the metric (the run chose by another one
+      # before it resumed) ranks last instead of failing the next save.
+      best_fn=(lambda m: float(m.get(best_metric, _WORST[best_mode]))) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=best_metric is None,
       # Both managers may save the same step at once (an evaluation step); on
       # several processes their barriers ("<prefix>_async_write_complete.<step>")

@@ -19,6 +19,19 @@ TASK_METRICS = {
 }
 
 
+# Metrics of every validation that `best_metric` may name instead of the task's (lower is better).
+LOSS_METRICS = ("loss", "ppl", "free_running_ppl")
+
+
+def best_metric(config) -> tuple[str, str]:
+  """(validation metric that picks `workdir/best`, "min" or "max"): the
+  config's `best_metric` when set, else the task's own metric."""
+  name = config.get("best_metric") or ""
+  if not name or name == TASK_METRICS[config.task][0]:
+    return TASK_METRICS[config.task]
+  return name, "min"
+
+
 def load_task(config) -> dict[str, Split]:
   """The task's splits (`train`, `val`, `test`, maybe `test2017`)."""
   kw = dict(config.task_kwargs) if "task_kwargs" in config else {}
@@ -171,3 +184,6 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   need(config.model.dtype in ("float32", "bfloat16"),
        f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
   need(config.get("plateau_patience", 0) >= 0, "plateau_patience must be >= 0")
+  choices = ("", TASK_METRICS[config.task][0]) + LOSS_METRICS
+  need(config.get("best_metric", "") in choices,
+       f"best_metric must be one of {choices} for {config.task}, got {config.get('best_metric')!r}")

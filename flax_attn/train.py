@@ -317,20 +317,23 @@ def _optimizer_change(config, meta: dict | None) -> str:
 
 # ---- evaluation -----------------------------------------------------------------------
 
-def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets, p_eval,
-                   max_examples: int = 0, beam_size: int = 1, free_running: bool = False,
-                   on_batch=None) -> tuple[dict, list[str]]:
-  """Loss/perplexity (teacher forced and optionally free running) and the
-  task metrics of one split. `params` are replicated on the devices;
-  `on_batch()` runs before every batch (it may raise `Preempted`).
-  Returns (metrics, hypotheses)."""
-  from flax_attn import metrics as metrics_lib
-  n = len(src_ids) if not max_examples else min(max_examples, len(src_ids))
-  src_ids, trg_ids = src_ids[:n], trg_ids[:n]
+def pmapped_eval(model_config: Seq2SeqConfig):
+  """`eval_step` pmapped: `p_eval(replicated_params, device_batch, free_running)`."""
+  return parallel.pmap(
+      lambda params, batch, fr: eval_step(params, batch, model_config=model_config,
+                                          free_running=fr),
+      donate_state=False, static_broadcasted_argnums=(2,))
+
+
+def split_perplexity(p_eval, params, src_ids, trg_ids, batch_size: int, buckets=None,
+                     free_running: bool = False, on_batch=None) -> dict:
+  """Mean NLL per target token (`loss`), its `ppl` and, when `free_running`,
+  `free_running_ppl` (the model's own argmax fed back, as the tutorial
+  measures) of the pairs; `params` are replicated on the devices."""
   sums = {"nll": 0.0, "w": 0.0, "fr_nll": 0.0}
-  on_batch = on_batch or (lambda: None)
-  for _, batch in eval_batches(src_ids, trg_ids, config.eval_batch_size, buckets):
-    on_batch()
+  for _, batch in eval_batches(src_ids, trg_ids, batch_size, buckets):
+    if on_batch is not None:
+      on_batch()
     dev = parallel.device_batch(batch)
     out = parallel.unreplicate(p_eval(params, dev, False))
     sums["nll"] += float(out["nll_sum"])
@@ -341,6 +344,21 @@ def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets,
   result["ppl"] = float(math.exp(min(result["loss"], 50.0)))
   if free_running:
     result["free_running_ppl"] = float(math.exp(min(sums["fr_nll"] / max(sums["w"], 1.0), 50.0)))
+  return result
+
+
+def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets, p_eval,
+                   max_examples: int = 0, beam_size: int = 1, free_running: bool = False,
+                   on_batch=None) -> tuple[dict, list[str]]:
+  """Loss/perplexity (teacher forced and optionally free running) and the
+  task metrics of one split. `params` are replicated on the devices;
+  `on_batch()` runs before every batch (it may raise `Preempted`).
+  Returns (metrics, hypotheses)."""
+  from flax_attn import metrics as metrics_lib
+  n = len(src_ids) if not max_examples else min(max_examples, len(src_ids))
+  src_ids, trg_ids = src_ids[:n], trg_ids[:n]
+  result = split_perplexity(p_eval, params, src_ids, trg_ids, config.eval_batch_size, buckets,
+                            free_running, on_batch)
   hyps = [translator.trg_tokenizer.decode(ids)
           for ids in translator.translate_ids(src_ids, beam_size=beam_size,
                                               batch_size=config.eval_batch_size,
@@ -372,10 +390,7 @@ class Run:
         train_step_accumulate, max_nonfinite=config.max_nonfinite_steps,
         model_config=setup.model_config, tx=setup.tx, teacher_forcing=config.teacher_forcing,
         label_smoothing=config.label_smoothing))
-    self.p_eval = parallel.pmap(
-        lambda params, batch, fr: eval_step(params, batch, model_config=setup.model_config,
-                                            free_running=fr),
-        donate_state=False, static_broadcasted_argnums=(2,))
+    self.p_eval = pmapped_eval(setup.model_config)
     start = setup.data["start_index"] + (self.step - setup.data["start_step"])
     self.data = iter(parallel.prefetch_to_devices(train_dataset(setup.batches, start)))
     self.acc = parallel.replicate(jax.device_get(init_metrics()))
@@ -460,7 +475,8 @@ class Run:
         self.config, self.rstate.params, self.translator(), self.splits[split_name],
         *self.s.encoded[split_name], self.s.buckets, self.p_eval,
         max_examples=0 if final else self.config.eval_max_examples,
-        beam_size=self.config.beam_size if final else 1, free_running=final,
+        beam_size=self.config.beam_size if final else 1,
+        free_running=final or experiment.best_metric(self.config)[0] == "free_running_ppl",
         on_batch=self.preemption.check)
     row = {"step": self.step, "split": split_name,
            **{k: v for k, v in result.items() if not k.endswith("signature")}}
@@ -528,7 +544,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if bad:
     raise ValueError(f"config: final_eval_splits {bad} are not splits of {config.task} "
                      f"(has {sorted(splits)})")
-  metric_name, metric_mode = experiment.TASK_METRICS[config.task]
+  metric_name, metric_mode = experiment.best_metric(config)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=f"val_{metric_name}", best_mode=metric_mode)
   setup, state, meta = restore_or_create(config, splits, ckpts)

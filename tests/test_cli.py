@@ -229,6 +229,21 @@ def test_evaluate_beam_outputs_are_named_by_alpha(run_dir):
                   "1": str(run_dir / "val.beam2.alpha1.hyp.txt")}
 
 
+def test_evaluate_perplexities_equal_the_training_runs_final_evaluation(run_dir):
+  """evaluate.py reports the split's teacher-forced and free-running
+  perplexity, the figures the training run's final evaluation logged for the
+  same checkpoint (the tutorial's test PPL is the free-running one)."""
+  rc, out, err = _cli("evaluate.py", f"--workdir={run_dir}", "--split=test")
+  assert rc == 0, err[-3000:]
+  line = json.loads(out)
+  rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  final = [r for r in rows if r.get("split") == "test" and r.get("final")][-1]
+  assert line["step"] == final["step"]
+  assert line["free_running_ppl"] > line["ppl"] > 1.0
+  assert line["ppl"] == pytest.approx(final["ppl"], rel=1e-6)
+  assert line["free_running_ppl"] == pytest.approx(final["free_running_ppl"], rel=1e-6)
+
+
 def test_real_warnings_still_show(run_dir):
   """Only Orbax's read-only notices are dropped: a truncated input still warns."""
   rc, out, err = _cli("translate.py", f"--workdir={run_dir}", stdin=("1 " * 500 + "\n").encode())

@@ -162,6 +162,7 @@ def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
     ("--config.log_every_steps=0", "log_every_steps must be an integer >= 1"),
     ("--config.max_trg_len=1", "max_trg_len must be >= 2"),
     ("--config.final_eval_splits=('val','nope')", "final_eval_splits ['nope']"),
+    ("--config.best_metric=bleu", "best_metric must be one of"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, message):
   env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -190,3 +191,25 @@ def test_nonfinite_streak_stops_the_run_with_exit_1(tmp_path):
   assert last.startswith("error: 3 consecutive steps had a non-finite loss") and "Traceback" not in p.stderr
   rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
   assert sum(r.get("rejected_steps", 0) for r in rows) >= 1
+
+
+def test_best_by_free_running_ppl_also_after_resuming_a_run_that_chose_by_another(
+    dates_run, tmp_path):
+  """`best_metric=free_running_ppl`: every validation measures the free-running
+  perplexity and `best/` holds the step where it was lowest. The resumed run
+  chose by exact match before; its checkpoints, which lack the new metric,
+  rank last instead of breaking the next save."""
+  import json
+  import shutil
+  wd = tmp_path / "run"
+  shutil.copytree(dates_run, wd)
+  run(train_cmd(wd, "--config.num_train_steps=60", "--config.eval_every_steps=10",
+                "--config.checkpoint_every_steps=10", "--config.best_metric=free_running_ppl"))
+  rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+  val = {r["step"]: r["free_running_ppl"] for r in rows
+         if r.get("split") == "val" and not r.get("final") and r["step"] > 40}
+  assert sorted(val) == [50, 60]
+  assert all("free_running_ppl" not in r for r in rows
+             if r.get("split") == "val" and not r.get("final") and r["step"] <= 40)
+  best = [int(d.name) for d in (wd / "best").iterdir() if d.name.isdigit()]
+  assert best == [min(val, key=val.get)]

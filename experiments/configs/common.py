@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.eval_max_examples = 0    # 0: whole split during training evals
   c.final_eval_splits = ("val", "test")
+  c.best_metric = ""         # what picks workdir/best: "" = the task's metric (bleu_lc, wer, ...);
+                             # loss, ppl or free_running_ppl (lower is better) instead
   c.beam_size = 1            # final evaluation's beam
   c.progress_bar = True
   c.heatmap_example = ""

@@ -3,6 +3,10 @@
 bentrevett/pytorch-seq2seq tutorial 4: word-level vocabularies (lower-cased,
 min_freq 2), embeddings 256, GRUs 512, dropout 0.5, batch 128, Adam 1e-3,
 gradient clipping 1, teacher forcing 0.5, 10 epochs, weights ~ N(0, 0.01).
+Like the tutorial, which keeps the epoch with the lowest validation loss
+measured without teacher forcing and reports the test perplexity of that
+model, `best/` holds the epoch with the lowest free-running validation
+perplexity (`evaluate.py --which best`).
 """
 
 import os
@@ -35,6 +39,7 @@ def get_config(preset: str = ""):
   c.eval_batch_size = 256
   c.beam_size = 1
   c.final_eval_splits = ("val", "test", "test2017")
+  c.best_metric = "free_running_ppl"
   c.heatmap_example = "ein mann mit einem orangefarbenen hut, der etwas anstarrt."
   if preset == "tiny":
     _tiny(c)
