@@ -1,5 +1,8 @@
 """Evaluate a checkpoint: one JSON line of metrics, system output written to a file.
 
+The line holds the task's metrics and, on a split of the task, the
+teacher-forced and free-running perplexity of its references.
+
   python experiments/evaluate.py --workdir DIR [--split val|test|test2017]
       [--src FILE --ref FILE] [--beam_size K] [--dtype bfloat16] [--which latest|best]
       [--step N] [--out FILE]
@@ -110,10 +113,11 @@ def _perplexity(translator, config, split) -> dict:
   src_ids, trg_ids, _ = encode_pairs(split.src, split.trg, translator.src_tokenizer,
                                      translator.trg_tokenizer, config.max_src_len,
                                      config.max_trg_len)
+  n = parallel.device_count()  # maybe not the training's: batches of a multiple of it
+  batch_size = -(-config.eval_batch_size // n) * n
   out = train.split_perplexity(train.pmapped_eval(translator.config),
                                parallel.replicate(translator.params), src_ids, trg_ids,
-                               config.eval_batch_size, translator.meta.get("buckets"),
-                               free_running=True)
+                               batch_size, translator.meta.get("buckets"), free_running=True)
   return {"ppl": out["ppl"], "free_running_ppl": out["free_running_ppl"]}
 
 
