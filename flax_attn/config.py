@@ -28,6 +28,9 @@ class Seq2SeqConfig:
     attn_dim: size of the additive-attention layer (`None`: `dec_hidden`,
       as in the tutorial).
     dropout: dropout rate applied to both embeddings during training.
+    out_dropout: dropout rate on the decoder state and context `[s'; c]`
+      where they enter the output projection, during training (0: none, as
+      in the tutorial).
     enc_layers: number of stacked bidirectional GRU layers in the encoder.
     init_std: standard deviation of the normal init of every weight matrix
       (the tutorial's `init_weights` uses 0.01, biases 0); `None` uses the
@@ -48,6 +51,7 @@ class Seq2SeqConfig:
   dec_hidden: int = 512
   attn_dim: int | None = None
   dropout: float = 0.5
+  out_dropout: float = 0.0
   enc_layers: int = 1
   init_std: float | None = 0.01
   dtype: str = "float32"
@@ -62,8 +66,9 @@ class Seq2SeqConfig:
         raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
     if self.attn_dim is not None and self.attn_dim < 1:
       raise ValueError(f"Seq2SeqConfig.attn_dim must be positive or None, got {self.attn_dim!r}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"Seq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}")
+    for name in ("dropout", "out_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"Seq2SeqConfig.{name} must be float32, bfloat16 or float16, "

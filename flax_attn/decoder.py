@@ -74,16 +74,21 @@ def _recur(w_sh, w_ic, w: _StepWeights, cache: DecoderCache, s_BxH, gi_emb_Bx3H,
   return gru_update(gi, gh, s_BxH), context, weights
 
 
-def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype):
+def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype,
+               out_keep_BxF=None):
   """A whole step from an embedded input, reading the parameters as stored:
-  returns (s', logits, weights)."""
+  returns (s', logits, weights). `out_keep_BxF` (scaled 0/1, `[batch,
+  dec_hidden + 2*enc_hidden]`) is the output dropout's mask on `[s'; c]`."""
   query = dense(s_BxH, w.w_query, None, dtype)
   gh = dense(s_BxH, w.w_hh, w.b_hh, dtype)
   context, weights = attend(query, cache.keys, w.v, cache.memory, cache.bias, dtype)
   emb = emb_BxE.astype(jnp.float32)
   gi = dense(jnp.concatenate([emb, context], axis=-1), w.w_ih, w.b_ih, dtype)
   s_new = gru_update(gi, gh, s_BxH)
-  features = jnp.concatenate([s_new, context, emb], axis=-1)
+  state_context = jnp.concatenate([s_new, context], axis=-1)
+  if out_keep_BxF is not None:
+    state_context = state_context * out_keep_BxF
+  features = jnp.concatenate([state_context, emb], axis=-1)
   return s_new, dense(features, w.w_out, w.b_out, dtype), weights
 
 
@@ -134,18 +139,18 @@ def _teacher_forced_scan(dtype, unroll: int):
 
 class _SampledBody(nn.Module):
   """Scan body with scheduled sampling: feeds back its own argmax where the
-  per-(row, step) coin says so; the embedding-dropout mask is precomputed."""
+  per-(row, step) coin says so; the dropout masks are precomputed."""
 
   dtype: Any
 
   @nn.compact
   def __call__(self, carry, xs, consts):
     s_BxH, prev_pred_B = carry
-    token_B, teacher_B, keep_BxE = xs
+    token_B, teacher_B, keep_BxE, out_keep_BxF = xs
     w, cache = consts
     y_B = jnp.where(teacher_B, token_B, prev_pred_B)
     emb = jnp.take(w.embedding, y_B, axis=0).astype(jnp.float32) * keep_BxE
-    s_new, logits, weights = _full_step(w, cache, s_BxH, emb, self.dtype)
+    s_new, logits, weights = _full_step(w, cache, s_BxH, emb, self.dtype, out_keep_BxF)
     pred_B = jnp.argmax(logits, axis=-1).astype(token_B.dtype)
     return (s_new, pred_B), (logits, weights)
 
@@ -179,11 +184,20 @@ class Decoder(nn.Module):
     self.out_bias = self.param("out_bias", nn.initializers.zeros_init(),
                                (cfg.trg_vocab_size,), cfg.params_dtype)
     self.dropout = nn.Dropout(cfg.dropout)
+    self.out_dropout = nn.Dropout(cfg.out_dropout)
     # The time loops: nn.scan over parameter-free bodies (every weight arrives
     # as a broadcast argument, so the hoisted matmuls outside share them).
     # The teacher-forced scan runs as a pure function (see `_teacher_forced_scan`).
     self.sampled_scan = nn.scan(_SampledBody, unroll=cfg.scan_unroll, **_SCAN_KW)(
         dtype=cfg.compute_dtype, name="sampled_scan")
+
+  def _keep_mask(self, train: bool, rate: float, shape) -> jax.Array:
+    """A dropout mask (kept entries `1 / (1 - rate)`, dropped 0); ones when
+    not training or `rate` is 0."""
+    if not train or rate == 0.0:
+      return jnp.ones(shape, jnp.float32)
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, shape)
+    return keep.astype(jnp.float32) / (1.0 - rate)
 
   def _weights(self) -> _StepWeights:
     return _StepWeights(
@@ -224,9 +238,10 @@ class Decoder(nn.Module):
     z_shapes = ((trg_len, batch, cfg.attention_dim + h3), (trg_len, batch, h3))
     s_TxBxH, c_TxBxM, a_TxBxS = _teacher_forced_scan(dtype, cfg.scan_unroll)(
         (w_sh, w_ic), z_shapes, w, cache, s0_BxH, gi_emb_TxBx3H)
-    features = jnp.concatenate(
-        [s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2),
-         emb_BxTxE.astype(jnp.float32)], axis=-1)
+    state_context_BxTxF = self.out_dropout(
+        jnp.concatenate([s_TxBxH.transpose(1, 0, 2), c_TxBxM.transpose(1, 0, 2)], axis=-1),
+        deterministic=not train)
+    features = jnp.concatenate([state_context_BxTxF, emb_BxTxE.astype(jnp.float32)], axis=-1)
     return features, a_TxBxS.transpose(1, 0, 2)
 
   def __call__(self, s0_BxH: jax.Array, cache: DecoderCache, trg_in_BxT: jax.Array,
@@ -237,7 +252,7 @@ class Decoder(nn.Module):
       s0_BxH: initial state from the encoder bridge.
       cache: `prepare(memory, mask)`.
       trg_in_BxT: int32 input tokens `[batch, trg_len]` (BOS first).
-      train: enables embedding dropout (needs a "dropout" RNG).
+      train: enables embedding dropout and `out_dropout` (need a "dropout" RNG).
       teacher_forcing: probability of feeding the true previous token at each
         step and row (1: always, the hoisted fast path; 0: free running, the
         model's own argmax; in between: scheduled sampling with coins from
@@ -263,15 +278,12 @@ class Decoder(nn.Module):
       teacher_TxB = jax.random.bernoulli(self.make_rng("dropout"), teacher_forcing,
                                          (trg_len, batch))
     teacher_TxB = teacher_TxB.at[0].set(True)
-    if train and cfg.dropout > 0.0:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.dropout,
-                                  (trg_len, batch, cfg.emb_dim))
-      keep_TxBxE = keep.astype(jnp.float32) / (1.0 - cfg.dropout)
-    else:
-      keep_TxBxE = jnp.ones((trg_len, batch, cfg.emb_dim), jnp.float32)
+    keep_TxBxE = self._keep_mask(train, cfg.dropout, (trg_len, batch, cfg.emb_dim))
+    out_keep_TxBxF = self._keep_mask(train, cfg.out_dropout,
+                                     (trg_len, batch, cfg.dec_hidden + cfg.memory_dim))
     carry0 = (s0_BxH, trg_in_BxT[:, 0])
     _, (logits_TxBxV, a_TxBxS) = self.sampled_scan(
-        carry0, (token_TxB, teacher_TxB, keep_TxBxE), (w, cache))
+        carry0, (token_TxB, teacher_TxB, keep_TxBxE, out_keep_TxBxF), (w, cache))
     logits_BxTxV = logits_TxBxV.transpose(1, 0, 2)
     attn_BxTxS = a_TxBxS.transpose(1, 0, 2)
     chex.assert_shape(logits_BxTxV, (batch, trg_len, cfg.trg_vocab_size))

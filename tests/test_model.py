@@ -95,6 +95,31 @@ def test_scheduled_sampling_uses_rng(params):
   assert any(not np.allclose(run(s), tf1, atol=1e-5) for s in range(5))
 
 
+OUT_CFG = CFG.__class__(**{**CFG.to_dict(), "out_dropout": 0.5})
+
+
+def test_out_dropout_masks_state_and_context_only_in_training(params):
+  """`out_dropout` zeroes entries of `[s'; c]` (the rest scaled by 2 at 0.5)
+  in training, leaves the embedding third alone, and changes nothing at
+  inference: same logits as the model without it, teacher forced or not."""
+  src, lengths, trg = _batch()
+  apply = lambda cfg, **kw: Seq2Seq(cfg).apply({"params": params}, src, lengths, trg, **kw)
+  for tf in (1.0, 0.5):
+    kw = dict(teacher_forcing=tf, rngs={"dropout": jax.random.key(3)})
+    np.testing.assert_array_equal(apply(OUT_CFG, **kw), apply(CFG, **kw))
+    assert not np.allclose(apply(OUT_CFG, train=True, **kw), apply(CFG, train=True, **kw),
+                           atol=1e-3)
+  feats = lambda cfg, train: Seq2Seq(cfg).apply(
+      {"params": params}, src, lengths, trg, train=train, rngs={"dropout": jax.random.key(1)},
+      method=Seq2Seq.teacher_forced_features)
+  ref, dropped = np.asarray(feats(CFG, False)), np.asarray(feats(OUT_CFG, True))
+  n_sc = CFG.dec_hidden + CFG.memory_dim
+  np.testing.assert_array_equal(dropped[..., n_sc:], ref[..., n_sc:])
+  zero = dropped[..., :n_sc] == 0
+  assert 0.35 < zero.mean() < 0.65
+  np.testing.assert_allclose(dropped[..., :n_sc][~zero], 2 * ref[..., :n_sc][~zero], rtol=1e-5)
+
+
 class TestJit(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -157,6 +182,8 @@ def test_bad_inputs(params, bad, match):
 def test_config_validation():
   with pytest.raises(ValueError, match="dropout"):
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, dropout=1.5)
+  with pytest.raises(ValueError, match="out_dropout"):
+    Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, out_dropout=-0.1)
   with pytest.raises(ValueError, match="eos_id"):
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=3)
   assert Seq2SeqConfig.from_dict(CFG.to_dict()) == CFG

@@ -25,8 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_buckets = 4          # padded widths, hence at most this many compilations
   # Model (see flax_attn.Seq2SeqConfig).
   c.model = ml_collections.ConfigDict(dict(
-      emb_dim=256, enc_hidden=512, dec_hidden=512, attn_dim=0, dropout=0.5, enc_layers=1,
-      init_std=0.01, dtype="float32", scan_unroll=1))
+      emb_dim=256, enc_hidden=512, dec_hidden=512, attn_dim=0, dropout=0.5, out_dropout=0.0,
+      enc_layers=1, init_std=0.01, dtype="float32", scan_unroll=1))
   # Optimisation. batch_size is the GLOBAL batch: per-device batch x device count.
   c.batch_size = 128
   c.num_train_steps = 0      # 0: num_epochs epochs
