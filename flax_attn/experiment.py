@@ -89,7 +89,7 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
       src_vocab_size=src_vocab_size, trg_vocab_size=trg_vocab_size,
       pad_id=tok_lib.PAD_ID, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID,
       emb_dim=m.emb_dim, enc_hidden=m.enc_hidden, dec_hidden=m.dec_hidden,
-      attn_dim=m.attn_dim or None, dropout=m.dropout, out_dropout=m.out_dropout,
+      attn_dim=m.attn_dim or None, dropout=m.dropout, out_dropout=m.get("out_dropout", 0.0),
       enc_layers=m.enc_layers,
       init_std=m.init_std if m.init_std > 0 else None, dtype=m.dtype,
       scan_unroll=m.get("scan_unroll", 1))
@@ -177,7 +177,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   need(0.0 <= config.label_smoothing < 1.0,
        f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
   for name in ("dropout", "out_dropout"):
-    rate = config.model.get(name)
+    rate = config.model.get(name, 0.0)
     need(0.0 <= rate < 1.0, f"model.{name} must be in [0, 1), got {rate}")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.clip_norm >= 0, f"clip_norm must be >= 0 (0: off), got {config.clip_norm}")

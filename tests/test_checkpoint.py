@@ -69,17 +69,19 @@ def test_other_model_shape_fails_clearly(dates_run, tmp_path):
 
 
 def test_shape_free_fields_may_change_on_resume(dates_run, tmp_path):
-  """A float32 run continues in bfloat16 with another dropout, unroll, batch
+  """A float32 run continues in bfloat16 with other dropouts, unroll, batch
   size and learning rate; the notice names what changed."""
   wd = tmp_path / "bf16"
   shutil.copytree(dates_run, wd)
   p = run(train_cmd(wd, "--config.num_train_steps=48", "--config.model.dtype=bfloat16",
-                    "--config.model.dropout=0.1", "--config.model.scan_unroll=2",
+                    "--config.model.dropout=0.1", "--config.model.out_dropout=0.2",
+                    "--config.model.scan_unroll=2",
                     "--config.batch_size=16", "--config.learning_rate=0.002",
                     "--config.lowercase=False"))
   assert "resumed from step 40" in p.stderr
   notice = next(line for line in p.stderr.splitlines() if "resuming with changed settings" in line)
-  for change in ("dtype: 'float32' -> 'bfloat16'", "dropout: 0.0 -> 0.1", "scan_unroll: 1 -> 2",
+  for change in ("dtype: 'float32' -> 'bfloat16'", "dropout: 0.0 -> 0.1", "out_dropout: 0.0 -> 0.2",
+                 "scan_unroll: 1 -> 2",
                  "batch_size: 32 -> 16", "learning_rate:"):
     assert change in notice, change
   assert "lowercase: True -> False" in p.stderr  # kept from the checkpoint, said so
