@@ -27,6 +27,27 @@ def _train(task, workdir, *extra):
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _config(name, preset=""):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, REPO / f"experiments/configs/{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+@pytest.mark.parametrize("name, chosen_by", [
+    ("multi30k", ("bleu_lc", "max")), ("multi30k_seed", ("free_running_ppl", "min")),
+    ("g2p", ("wer", "min")), ("dates", ("exact_match", "max")),
+])
+def test_each_config_picks_best_by_its_own_metric(name, chosen_by):
+  """`multi30k` derives from `multi30k_seed` but keeps the best BLEU, not the
+  tutorial's lowest free-running perplexity (which also costs a free-running
+  pass at every validation)."""
+  from flax_attn import experiment
+  for preset in ("", "tiny"):
+    assert experiment.best_metric(_config(name, preset)) == chosen_by
+
+
 def test_g2p_tiny(tmp_path):
   sys.path.insert(0, str(REPO / "experiments/configs"))
   import g2p
