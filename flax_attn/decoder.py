@@ -139,7 +139,8 @@ def _teacher_forced_scan(dtype, unroll: int):
 
 class _SampledBody(nn.Module):
   """Scan body with scheduled sampling: feeds back its own argmax where the
-  per-(row, step) coin says so; the dropout masks are precomputed."""
+  per-(row, step) coin says so; the dropout masks are precomputed (`None`:
+  that dropout is off, and the step does no masking work)."""
 
   dtype: Any
 
@@ -149,7 +150,9 @@ class _SampledBody(nn.Module):
     token_B, teacher_B, keep_BxE, out_keep_BxF = xs
     w, cache = consts
     y_B = jnp.where(teacher_B, token_B, prev_pred_B)
-    emb = jnp.take(w.embedding, y_B, axis=0).astype(jnp.float32) * keep_BxE
+    emb = jnp.take(w.embedding, y_B, axis=0).astype(jnp.float32)
+    if keep_BxE is not None:
+      emb = emb * keep_BxE
     s_new, logits, weights = _full_step(w, cache, s_BxH, emb, self.dtype, out_keep_BxF)
     pred_B = jnp.argmax(logits, axis=-1).astype(token_B.dtype)
     return (s_new, pred_B), (logits, weights)
@@ -191,11 +194,11 @@ class Decoder(nn.Module):
     self.sampled_scan = nn.scan(_SampledBody, unroll=cfg.scan_unroll, **_SCAN_KW)(
         dtype=cfg.compute_dtype, name="sampled_scan")
 
-  def _keep_mask(self, train: bool, rate: float, shape) -> jax.Array:
-    """A dropout mask (kept entries `1 / (1 - rate)`, dropped 0); ones when
-    not training or `rate` is 0."""
+  def _keep_mask(self, train: bool, rate: float, shape) -> jax.Array | None:
+    """A dropout mask (kept entries `1 / (1 - rate)`, dropped 0); `None` when
+    not training or `rate` is 0 (no random numbers drawn, nothing to multiply)."""
     if not train or rate == 0.0:
-      return jnp.ones(shape, jnp.float32)
+      return None
     keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, shape)
     return keep.astype(jnp.float32) / (1.0 - rate)
 
