@@ -31,6 +31,9 @@ class Seq2SeqConfig:
     out_dropout: dropout rate on the decoder state and context `[s'; c]`
       where they enter the output projection, during training (0: none, as
       in the tutorial).
+    memory_dropout: dropout rate on the encoder states `h_j` (the attention
+      memory: keys and contexts) during training (0: none, as in the
+      tutorial); the bridge to `s0` reads them undropped.
     enc_layers: number of stacked bidirectional GRU layers in the encoder.
     init_std: standard deviation of the normal init of every weight matrix
       (the tutorial's `init_weights` uses 0.01, biases 0); `None` uses the
@@ -52,6 +55,7 @@ class Seq2SeqConfig:
   attn_dim: int | None = None
   dropout: float = 0.5
   out_dropout: float = 0.0
+  memory_dropout: float = 0.0
   enc_layers: int = 1
   init_std: float | None = 0.01
   dtype: str = "float32"
@@ -66,7 +70,7 @@ class Seq2SeqConfig:
         raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
     if self.attn_dim is not None and self.attn_dim < 1:
       raise ValueError(f"Seq2SeqConfig.attn_dim must be positive or None, got {self.attn_dim!r}")
-    for name in ("dropout", "out_dropout"):
+    for name in ("dropout", "out_dropout", "memory_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
     for name in ("dtype", "param_dtype"):

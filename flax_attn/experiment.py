@@ -90,7 +90,7 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
       pad_id=tok_lib.PAD_ID, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID,
       emb_dim=m.emb_dim, enc_hidden=m.enc_hidden, dec_hidden=m.dec_hidden,
       attn_dim=m.attn_dim or None, dropout=m.dropout, out_dropout=m.get("out_dropout", 0.0),
-      enc_layers=m.enc_layers,
+      memory_dropout=m.get("memory_dropout", 0.0), enc_layers=m.enc_layers,
       init_std=m.init_std if m.init_std > 0 else None, dtype=m.dtype,
       scan_unroll=m.get("scan_unroll", 1))
 
@@ -98,7 +98,8 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
 # ---- checks before training starts ------------------------------------------------------
 
 # Seq2SeqConfig fields that fix the parameters' shapes or meaning; the others
-# (dtype, param_dtype, dropout, out_dropout, scan_unroll, init_std) may change on resume.
+# (dtype, param_dtype, dropout, out_dropout, memory_dropout, scan_unroll,
+# init_std) may change on resume.
 MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "eos_id",
                       "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
 # Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
@@ -176,7 +177,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
        f"teacher_forcing must be in [0, 1], got {config.teacher_forcing}")
   need(0.0 <= config.label_smoothing < 1.0,
        f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
-  for name in ("dropout", "out_dropout"):
+  for name in ("dropout", "out_dropout", "memory_dropout"):
     rate = config.model.get(name, 0.0)
     need(0.0 <= rate < 1.0, f"model.{name} must be in [0, 1), got {rate}")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")

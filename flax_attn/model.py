@@ -54,6 +54,15 @@ class Seq2Seq(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.config, name="encoder")
     self.decoder = Decoder(self.config, name="decoder")
+    self.memory_dropout = nn.Dropout(self.config.memory_dropout)
+
+  def _encode(self, src, src_lengths, train: bool):
+    """`(s0, cache)`; in training `memory_dropout` drops entries of the
+    encoder states `h_j` (after the bridge has read them to make `s0`), so
+    the keys and every context see the same dropped memory."""
+    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
+    memory = self.memory_dropout(memory, deterministic=not train)
+    return s0, self.decoder.prepare(memory, mask)
 
   def __call__(self, src: jax.Array, src_lengths: jax.Array, trg_in: jax.Array,
                train: bool = False, teacher_forcing: float = 1.0) -> jax.Array:
@@ -71,8 +80,7 @@ class Seq2Seq(nn.Module):
       float32 logits `[batch, trg_len, trg_vocab]` (no softmax).
     """
     check_inputs(src, src_lengths, trg_in)
-    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
-    cache = self.decoder.prepare(memory, mask)
+    s0, cache = self._encode(src, src_lengths, train)
     logits, attn = self.decoder(s0, cache, trg_in, train=train, teacher_forcing=teacher_forcing)
     self.sow("intermediates", "attention", attn)
     return logits
@@ -85,16 +93,14 @@ class Seq2Seq(nn.Module):
     `decoder/out_kernel` plus `decoder/out_bias` (the train step fuses that
     projection with the loss: `loss.projected_cross_entropy_sums`)."""
     check_inputs(src, src_lengths, trg_in)
-    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
-    cache = self.decoder.prepare(memory, mask)
+    s0, cache = self._encode(src, src_lengths, train)
     features, _ = self.decoder.teacher_forced_features(s0, cache, trg_in, train=train)
     return features
 
   def encode(self, src: jax.Array, src_lengths: jax.Array, train: bool = False):
     """Returns `(s0 [batch, dec_hidden], DecoderCache)` for step-wise decoding."""
     check_inputs(src, src_lengths)
-    memory, mask, s0 = self.encoder(src, src_lengths, train=train)
-    return s0, self.decoder.prepare(memory, mask)
+    return self._encode(src, src_lengths, train)
 
   def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache):
     """One step: `(s [batch, dec_hidden], token [batch])` -> `(s', logits

@@ -75,12 +75,14 @@ def test_shape_free_fields_may_change_on_resume(dates_run, tmp_path):
   shutil.copytree(dates_run, wd)
   p = run(train_cmd(wd, "--config.num_train_steps=48", "--config.model.dtype=bfloat16",
                     "--config.model.dropout=0.1", "--config.model.out_dropout=0.2",
+                    "--config.model.memory_dropout=0.1",
                     "--config.model.scan_unroll=2",
                     "--config.batch_size=16", "--config.learning_rate=0.002",
                     "--config.lowercase=False"))
   assert "resumed from step 40" in p.stderr
   notice = next(line for line in p.stderr.splitlines() if "resuming with changed settings" in line)
   for change in ("dtype: 'float32' -> 'bfloat16'", "dropout: 0.0 -> 0.1", "out_dropout: 0.0 -> 0.2",
+                 "memory_dropout: 0.0 -> 0.1",
                  "scan_unroll: 1 -> 2",
                  "batch_size: 32 -> 16", "learning_rate:"):
     assert change in notice, change

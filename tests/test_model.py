@@ -95,6 +95,16 @@ def test_scheduled_sampling_uses_rng(params):
   assert any(not np.allclose(run(s), tf1, atol=1e-5) for s in range(5))
 
 
+def _assert_changes_training_only(cfg, params, src, lengths, trg):
+  """`cfg` (CFG plus a dropout) gives CFG's logits at inference and other
+  logits in training, teacher forced and with scheduled sampling."""
+  apply = lambda c, **kw: Seq2Seq(c).apply({"params": params}, src, lengths, trg, **kw)
+  for tf in (1.0, 0.5):
+    kw = dict(teacher_forcing=tf, rngs={"dropout": jax.random.key(3)})
+    np.testing.assert_array_equal(apply(cfg, **kw), apply(CFG, **kw))
+    assert not np.allclose(apply(cfg, train=True, **kw), apply(CFG, train=True, **kw), atol=1e-3)
+
+
 OUT_CFG = CFG.__class__(**{**CFG.to_dict(), "out_dropout": 0.5})
 
 
@@ -103,12 +113,7 @@ def test_out_dropout_masks_state_and_context_only_in_training(params):
   in training, leaves the embedding third alone, and changes nothing at
   inference: same logits as the model without it, teacher forced or not."""
   src, lengths, trg = _batch()
-  apply = lambda cfg, **kw: Seq2Seq(cfg).apply({"params": params}, src, lengths, trg, **kw)
-  for tf in (1.0, 0.5):
-    kw = dict(teacher_forcing=tf, rngs={"dropout": jax.random.key(3)})
-    np.testing.assert_array_equal(apply(OUT_CFG, **kw), apply(CFG, **kw))
-    assert not np.allclose(apply(OUT_CFG, train=True, **kw), apply(CFG, train=True, **kw),
-                           atol=1e-3)
+  _assert_changes_training_only(OUT_CFG, params, src, lengths, trg)
   feats = lambda cfg, train: Seq2Seq(cfg).apply(
       {"params": params}, src, lengths, trg, train=train, rngs={"dropout": jax.random.key(1)},
       method=Seq2Seq.teacher_forced_features)
@@ -118,6 +123,30 @@ def test_out_dropout_masks_state_and_context_only_in_training(params):
   zero = dropped[..., :n_sc] == 0
   assert 0.35 < zero.mean() < 0.65
   np.testing.assert_allclose(dropped[..., :n_sc][~zero], 2 * ref[..., :n_sc][~zero], rtol=1e-5)
+
+
+MEM_CFG = CFG.__class__(**{**CFG.to_dict(), "memory_dropout": 0.5})
+
+
+def test_memory_dropout_masks_encoder_states_only_in_training(params):
+  """`memory_dropout` drops entries of the attention memory `h_j` in training
+  (the cache's memory is 0 or 2x the deterministic one, its keys are those of
+  the dropped memory) and leaves `s0` and inference alone."""
+  src, lengths, trg = _batch()
+  _assert_changes_training_only(MEM_CFG, params, src, lengths, trg)
+  encode = lambda cfg, train: Seq2Seq(cfg).apply(
+      {"params": params}, src, lengths, train=train, rngs={"dropout": jax.random.key(1)},
+      method=Seq2Seq.encode)
+  (s0_ref, ref), (s0, dropped) = encode(CFG, False), encode(MEM_CFG, True)
+  np.testing.assert_array_equal(s0, s0_ref)
+  mem, mem_ref = np.asarray(dropped.memory), np.asarray(ref.memory)
+  zero = mem == 0
+  real = np.arange(src.shape[1])[None, :] < np.asarray(lengths)[:, None]   # padding is 0 anyway
+  assert 0.35 < zero[real].mean() < 0.65
+  np.testing.assert_allclose(mem[~zero], 2 * mem_ref[~zero], rtol=1e-5)
+  keys = Seq2Seq(MEM_CFG).apply({"params": params}, dropped.memory,
+                                method=lambda m, x: m.decoder.attention.project_keys(x))
+  np.testing.assert_allclose(dropped.keys, keys, rtol=1e-5, atol=1e-6)
 
 
 class TestJit(chex.TestCase):
@@ -184,6 +213,8 @@ def test_config_validation():
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, dropout=1.5)
   with pytest.raises(ValueError, match="out_dropout"):
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, out_dropout=-0.1)
+  with pytest.raises(ValueError, match="memory_dropout"):
+    Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, memory_dropout=1.0)
   with pytest.raises(ValueError, match="eos_id"):
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=3)
   assert Seq2SeqConfig.from_dict(CFG.to_dict()) == CFG

@@ -164,6 +164,7 @@ def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
     ("--config.final_eval_splits=('val','nope')", "final_eval_splits ['nope']"),
     ("--config.best_metric=bleu", "best_metric must be one of"),
     ("--config.model.out_dropout=1.0", "model.out_dropout must be in [0, 1), got 1.0"),
+    ("--config.model.memory_dropout=-0.1", "model.memory_dropout must be in [0, 1), got -0.1"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, message):
   env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}

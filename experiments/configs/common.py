@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Model (see flax_attn.Seq2SeqConfig).
   c.model = ml_collections.ConfigDict(dict(
       emb_dim=256, enc_hidden=512, dec_hidden=512, attn_dim=0, dropout=0.5, out_dropout=0.0,
+      memory_dropout=0.0,
       enc_layers=1, init_std=0.01, dtype="float32", scan_unroll=1))
   # Optimisation. batch_size is the GLOBAL batch: per-device batch x device count.
   c.batch_size = 128
