@@ -8,6 +8,10 @@ from typing import Any
 import jax.numpy as jnp
 
 
+# The dropout rates, each in [0, 1) (validated here and in experiment.validate_config).
+DROPOUT_FIELDS = ("dropout", "out_dropout", "memory_dropout")
+
+
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqConfig:
   """Shape and numerics of the additive-attention encoder-decoder.
@@ -70,7 +74,7 @@ class Seq2SeqConfig:
         raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
     if self.attn_dim is not None and self.attn_dim < 1:
       raise ValueError(f"Seq2SeqConfig.attn_dim must be positive or None, got {self.attn_dim!r}")
-    for name in ("dropout", "out_dropout", "memory_dropout"):
+    for name in DROPOUT_FIELDS:
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
     for name in ("dtype", "param_dtype"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flax_attn import tokenizers as tok_lib
-from flax_attn.config import Seq2SeqConfig
+from flax_attn.config import DROPOUT_FIELDS, Seq2SeqConfig
 from flax_attn.tasks import Split
 
 # Metric used to pick the best checkpoint, and whether lower is better.
@@ -177,7 +177,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
        f"teacher_forcing must be in [0, 1], got {config.teacher_forcing}")
   need(0.0 <= config.label_smoothing < 1.0,
        f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
-  for name in ("dropout", "out_dropout", "memory_dropout"):
+  for name in DROPOUT_FIELDS:
     rate = config.model.get(name, 0.0)
     need(0.0 <= rate < 1.0, f"model.{name} must be in [0, 1), got {rate}")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
