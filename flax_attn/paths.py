@@ -16,6 +16,27 @@ import os
 from etils import epath
 
 
+def _fresh_bucket_listings() -> None:
+  """Makes gcsfs read folder listings from the bucket, never from its cache.
+
+  Orbax writes a checkpoint's arrays through tensorstore, which bypasses
+  gcsfs, so a listing gcsfs cached earlier in the process (say of `best/`
+  when a resumed run restored it) hides the step folder tensorstore has just
+  written, and Orbax's finalize fails with "Checkpoint directory does not
+  exist". Listings are few (checkpoint steps, metadata), so the cache buys
+  nothing here. Set as fsspec's default for `gs` filesystems created from now
+  on; a user's own `fsspec.config.conf["gs"]` setting is left as it is.
+  """
+  try:
+    import fsspec.config
+  except ImportError:  # no fsspec: no gcsfs either, so no gs:// workdirs
+    return
+  fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
+
+
+_fresh_bucket_listings()
+
+
 def is_url(path: str | os.PathLike) -> bool:
   return "://" in os.fspath(path)
 
@@ -31,9 +52,10 @@ def as_path(path: str | os.PathLike | epath.Path) -> epath.Path:
 
 
 def refresh(path: str | os.PathLike) -> None:
-  """Forgets cached listings of `path`'s object store (gcsfs caches folder
-  listings per process, so a long-lived process, a notebook kernel say,
-  would not see checkpoints another process wrote since)."""
+  """Forgets cached listings of `path`'s object store: needed only where a
+  gcsfs instance caches them after all (one made before flax_attn was
+  imported, or a user's `use_listings_cache`), else a long-lived process, a
+  notebook kernel say, would not see checkpoints another process wrote since."""
   if not is_url(path):
     return
   from etils.epath import backend

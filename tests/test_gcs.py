@@ -116,3 +116,27 @@ def test_gs_workdir_killed_resumed_evaluated_and_translated(gcs, dates_run, tmp_
           == _cli("translate.py", f"--workdir={dates_run}", env=gcs, stdin=lines).stdout)
   from flax_attn import Translator
   assert Translator.load(url, which="best").step in (20, 40)
+
+
+def _upload_outside_gcsfs(key, data=b"x"):
+  """Writes an object the way tensorstore does: straight to the store's
+  upload API, so gcsfs in this process never hears of it."""
+  url = os.environ["STORAGE_EMULATOR_HOST"]
+  req = urllib.request.Request(
+      f"{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={key}", data=data,
+      headers={"Content-Type": "application/octet-stream"}, method="POST")
+  urllib.request.urlopen(req, timeout=10).read()
+
+
+def test_gs_listing_sees_objects_written_outside_gcsfs(gcs):
+  # The race behind a resumed run's "Checkpoint directory does not exist:
+  # .../best/40/state": the run lists best/ when it restores, tensorstore then
+  # writes best/40/state/..., and a cached listing of best/ would hide it.
+  from etils import epath
+  import flax_attn  # noqa: F401  (its paths module sets the fsspec default)
+  best = epath.Path(f"gs://{BUCKET}/listing/best")
+  (best / "20" / "_CHECKPOINT_METADATA").write_text("{}")
+  assert [p.name for p in best.iterdir()] == ["20"]  # a listing gcsfs could cache
+  _upload_outside_gcsfs("listing/best/40/state/d/0")
+  assert (best / "40" / "state").exists()
+  assert sorted(p.name for p in best.iterdir()) == ["20", "40"]
