@@ -118,7 +118,7 @@ def _perplexity(translator, config, split) -> dict:
   out = train.split_perplexity(train.pmapped_eval(translator.config),
                                parallel.replicate(translator.params), src_ids, trg_ids,
                                batch_size, translator.meta.get("buckets"), free_running=True)
-  return {"ppl": out["ppl"], "free_running_ppl": out["free_running_ppl"]}
+  return {k: out[k] for k in ("ppl", "free_running_ppl", "free_running_ppl_tutorial")}
 
 
 def _parse_flags(argv):

@@ -20,7 +20,7 @@ TASK_METRICS = {
 
 
 # Metrics of every validation that `best_metric` may name instead of the task's (lower is better).
-LOSS_METRICS = ("loss", "ppl", "free_running_ppl")
+LOSS_METRICS = ("loss", "ppl", "free_running_ppl", "free_running_ppl_tutorial")
 
 
 def best_metric(config) -> tuple[str, str]:

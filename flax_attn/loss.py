@@ -36,6 +36,16 @@ def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_
   return (jnp.sum(loss * weights_BxT), jnp.sum(nll * weights_BxT), jnp.sum(weights_BxT))
 
 
+def row_nll_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Per-sentence negative log-likelihood and token count, both `[batch]`
+  (for perplexities that weigh sentences or batches, not only tokens)."""
+  nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32),
+                                                            targets_BxT)
+  weights_BxT = weights_BxT.astype(jnp.float32)
+  return jnp.sum(nll_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
+
+
 def projected_cross_entropy_sums(features_BxTxF: jax.Array, kernel_FxV: jax.Array,
                                  bias_V: jax.Array, targets_BxT: jax.Array,
                                  weights_BxT: jax.Array, label_smoothing: float = 0.0,

@@ -17,8 +17,10 @@ as a single reference). Inputs of different lengths raise ``ValueError``.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import numpy as np
 import sacrebleu
 
 
@@ -100,6 +102,32 @@ def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict:
         out[key] = float(metric.corpus_score(hyps, refs).score)
         out[f"{key}_signature"] = str(metric.get_signature())
     return out
+
+
+def batch_mean_perplexity(nll_N: Sequence[float], tokens_N: Sequence[float],
+                          src_lengths_N: Sequence[int], batch_size: int = 128) -> float:
+  """Perplexity averaged the way bentrevett/pytorch-seq2seq reports it.
+
+  Its `evaluate` takes batches of `batch_size` (128) sentences in source
+  length order (torchtext's `BucketIterator` sorts evaluation data by
+  `len(src)`, stably), the mean loss over each batch's target tokens, and
+  the exponential of the mean over batches. Short sentences then weigh
+  more per token than in `exp(total NLL / total tokens)`.
+
+  Args:
+    nll_N: each sentence's summed NLL over its target tokens.
+    tokens_N: each sentence's target token count.
+    src_lengths_N: each sentence's source length (only the order matters).
+    batch_size: sentences per batch.
+  """
+  nll_N, tokens_N = np.asarray(nll_N, np.float64), np.asarray(tokens_N, np.float64)
+  if not len(nll_N) == len(tokens_N) == len(src_lengths_N) or not len(nll_N):
+    raise ValueError(f"need equally many (> 0) NLLs, token counts and source lengths, got "
+                     f"{len(nll_N)}, {len(tokens_N)}, {len(src_lengths_N)}")
+  order = np.argsort(np.asarray(src_lengths_N), kind="stable")
+  means = [nll_N[ix].sum() / max(tokens_N[ix].sum(), 1.0)
+           for ix in np.split(order, list(range(batch_size, len(order), batch_size)))]
+  return float(math.exp(min(float(np.mean(means)), 50.0)))
 
 
 def task_metrics(task: str, hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> dict:

@@ -131,6 +131,11 @@ def psum(x: Any) -> Any:
   return jax.lax.psum(x, AXIS)
 
 
+def all_gather(x: Any) -> Any:
+  """Every device's rows of `x`, concatenated in global batch order."""
+  return jax.lax.all_gather(x, AXIS, tiled=True)
+
+
 def pmean(x: Any) -> Any:
   return jax.lax.pmean(x, AXIS)
 

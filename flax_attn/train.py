@@ -10,7 +10,9 @@ device).
 The loop keeps the device busy: batches are built and copied to the devices
 ahead of use (`parallel.prefetch_to_devices`), the step's metrics are summed
 on the device (`train_step_accumulate`) and fetched only every
-`log_every_steps` (and at evaluations and checkpoints). A step whose loss or
+`log_every_steps` (and at evaluations and checkpoints). The host runs at
+most `STEPS_IN_FLIGHT` steps ahead of the device, so a stop waits for that
+many steps, not for a whole log window. A step whose loss or
 gradient is not finite is rejected inside the step (parameters and optimizer
 state unchanged), counted and logged; the run stops with
 `NonFiniteLossError` after `max_nonfinite_steps` rejections in a row.
@@ -25,6 +27,7 @@ redone first).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -45,7 +48,7 @@ from flax_attn import experiment, parallel, paths
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.input_pipeline import (TrainBatches, bucket_widths, encode_pairs, eval_batches,
                                       example_widths, train_dataset)
-from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums
+from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums, row_nll_sums
 from flax_attn.metrics_log import MetricsLog
 from flax_attn.model import Seq2Seq
 from flax_attn.optimizer import Plateau, make_optimizer, schedule
@@ -62,6 +65,14 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   lr_scale: jax.Array
+
+
+# Dispatched steps the device may still be running (see `Run.train_until`):
+# enough to keep it busy while the host prepares the next call, few enough
+# that a SIGTERM is honoured after this many steps, not after a whole
+# `log_every_steps` window (on a slow CPU, 50 steps of 5 s each outlast most
+# grace periods: Kubernetes' default is 30 s).
+STEPS_IN_FLIGHT = 2
 
 
 class NonFiniteLossError(RuntimeError):
@@ -168,12 +179,14 @@ def train_step_accumulate(state: TrainState, acc: dict, batch: dict, *, max_nonf
 def eval_step(params: Any, batch: dict, *, model_config: Seq2SeqConfig,
               free_running: bool = False) -> dict:
   """Summed NLL and token count of a batch (teacher forced, or the model's
-  own argmax fed back when `free_running`), summed over devices."""
+  own argmax fed back when `free_running`), summed over devices, and the
+  same per row of the global batch (`nll_B`, `weight_B`)."""
   logits = Seq2Seq(model_config).apply({"params": params}, batch["src"], batch["src_lengths"],
                                        batch["trg_in"], train=False,
                                        teacher_forcing=0.0 if free_running else 1.0)
-  _, nll_sum, weight_sum = cross_entropy_sums(logits, batch["trg_out"], batch["weights"])
-  return {"nll_sum": parallel.psum(nll_sum), "weight_sum": parallel.psum(weight_sum)}
+  nll_B, weight_B = row_nll_sums(logits, batch["trg_out"], batch["weights"])
+  return {"nll_sum": parallel.psum(jnp.sum(nll_B)), "weight_sum": parallel.psum(jnp.sum(weight_B)),
+          "nll_B": parallel.all_gather(nll_B), "weight_B": parallel.all_gather(weight_B)}
 
 
 class CompileCounter:
@@ -326,12 +339,17 @@ def pmapped_eval(model_config: Seq2SeqConfig):
 
 
 def split_perplexity(p_eval, params, src_ids, trg_ids, batch_size: int, buckets=None,
-                     free_running: bool = False, on_batch=None) -> dict:
-  """Mean NLL per target token (`loss`), its `ppl` and, when `free_running`,
-  `free_running_ppl` (the model's own argmax fed back, as the tutorial
-  measures) of the pairs; `params` are replicated on the devices."""
+                     free_running: bool = False, on_batch=None,
+                     tutorial_batch_size: int = 128) -> dict:
+  """Mean NLL per target token (`loss`) and its `ppl` of the pairs; when
+  `free_running` (the model's own argmax fed back, as the tutorial
+  measures), also `free_running_ppl` and `free_running_ppl_tutorial`, the
+  same loss averaged the tutorial's way (`metrics.batch_mean_perplexity`
+  over batches of `tutorial_batch_size`).
+  `params` are replicated on the devices."""
   sums = {"nll": 0.0, "w": 0.0, "fr_nll": 0.0}
-  for _, batch in eval_batches(src_ids, trg_ids, batch_size, buckets):
+  fr_nll_N, weight_N = np.zeros(len(src_ids)), np.zeros(len(src_ids))
+  for ix, batch in eval_batches(src_ids, trg_ids, batch_size, buckets):
     if on_batch is not None:
       on_batch()
     dev = parallel.device_batch(batch)
@@ -339,11 +357,16 @@ def split_perplexity(p_eval, params, src_ids, trg_ids, batch_size: int, buckets=
     sums["nll"] += float(out["nll_sum"])
     sums["w"] += float(out["weight_sum"])
     if free_running:
-      sums["fr_nll"] += float(parallel.unreplicate(p_eval(params, dev, True))["nll_sum"])
+      fr = jax.device_get(parallel.unreplicate(p_eval(params, dev, True)))
+      sums["fr_nll"] += float(fr["nll_sum"])
+      fr_nll_N[ix], weight_N[ix] = fr["nll_B"][:len(ix)], fr["weight_B"][:len(ix)]
   result = {"loss": sums["nll"] / max(sums["w"], 1.0)}
   result["ppl"] = float(math.exp(min(result["loss"], 50.0)))
   if free_running:
+    from flax_attn.metrics import batch_mean_perplexity
     result["free_running_ppl"] = float(math.exp(min(sums["fr_nll"] / max(sums["w"], 1.0), 50.0)))
+    result["free_running_ppl_tutorial"] = batch_mean_perplexity(
+        fr_nll_N, weight_N, [len(s) for s in src_ids], tutorial_batch_size)
   return result
 
 
@@ -394,6 +417,7 @@ class Run:
     start = setup.data["start_index"] + (self.step - setup.data["start_step"])
     self.data = iter(parallel.prefetch_to_devices(train_dataset(setup.batches, start)))
     self.acc = parallel.replicate(jax.device_get(init_metrics()))
+    self.in_flight = collections.deque()  # one output of each step not yet waited for
     self.window_start = time.time()
 
   # -- pieces of the story --
@@ -415,13 +439,16 @@ class Run:
     self.last_saved = self.step
 
   def train_until(self, stop_at: int, bar) -> None:
-    """Steps until `stop_at` without waiting for the device (raises
-    `Preempted` at the agreed tick)."""
+    """Steps until `stop_at`, at most `STEPS_IN_FLIGHT` ahead of the
+    device (raises `Preempted` at the agreed tick)."""
     while self.step < stop_at:
       self.preemption.check()
       batch = next(self.data)
       before = self.counter.count
       self.rstate, self.acc = self.p_train(self.rstate, self.acc, batch)
+      self.in_flight.append(self.acc["steps"])
+      while len(self.in_flight) > STEPS_IN_FLIGHT:
+        self.in_flight.popleft().block_until_ready()
       if self.counter.count > before:  # this call compiled the step (a new batch width)
         width = batch["src"].shape[-1]
         self.train_compiles += 1
@@ -476,7 +503,7 @@ class Run:
         *self.s.encoded[split_name], self.s.buckets, self.p_eval,
         max_examples=0 if final else self.config.eval_max_examples,
         beam_size=self.config.beam_size if final else 1,
-        free_running=final or experiment.best_metric(self.config)[0] == "free_running_ppl",
+        free_running=final or experiment.best_metric(self.config)[0].startswith("free_running"),
         on_batch=self.preemption.check)
     row = {"step": self.step, "split": split_name,
            **{k: v for k, v in result.items() if not k.endswith("signature")}}

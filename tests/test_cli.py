@@ -242,6 +242,8 @@ def test_evaluate_perplexities_equal_the_training_runs_final_evaluation(run_dir)
   assert line["free_running_ppl"] > line["ppl"] > 1.0
   assert line["ppl"] == pytest.approx(final["ppl"], rel=1e-6)
   assert line["free_running_ppl"] == pytest.approx(final["free_running_ppl"], rel=1e-6)
+  assert line["free_running_ppl_tutorial"] == pytest.approx(final["free_running_ppl_tutorial"],
+                                                            rel=1e-6)
 
 
 def test_real_warnings_still_show(run_dir):

@@ -85,7 +85,7 @@ def test_gs_workdir_killed_resumed_evaluated_and_translated(gcs, dates_run, tmp_
   from flax_attn import paths
 
   def saved_20():
-    paths.refresh(url)  # gcsfs caches listings per process
+    paths.refresh(url)  # only matters if a gcsfs instance made before flax_attn caches listings
     return 20 in ocp.path.step.checkpoint_steps(f"{url}/checkpoints")
 
   p, _ = kill_after(cmd, saved_20, "the step-20 checkpoint in the bucket", env=gcs)

@@ -88,3 +88,18 @@ def test_task_metrics_dispatch():
     assert metrics.task_metrics("dates", ["x", "y"], [["x"], ["z"]]) == {"exact_match": 50.0}
     out = metrics.task_metrics("multi30k", ["A dog runs."], [["A dog runs."]])
     assert out["bleu"] == pytest.approx(100.0) and "chrf_signature" in out
+
+
+def test_batch_mean_perplexity_hand_computed():
+  """The tutorial's average: batches in source-length order (stable), the
+  token mean per batch, the plain mean over batches."""
+  import math
+  nll, tokens, src_len = [6.0, 1.0, 4.0, 3.0, 10.0], [2, 1, 2, 3, 5], [5, 1, 3, 1, 9]
+  # order by source length: rows 1, 3, 2, 0, 4 -> batches (1, 3), (2, 0), (4,)
+  want = math.exp(((1 + 3) / (1 + 3) + (4 + 6) / (2 + 2) + 10 / 5) / 3)
+  assert metrics.batch_mean_perplexity(nll, tokens, src_len, batch_size=2) == pytest.approx(want)
+  # one batch: the token-weighted perplexity
+  assert metrics.batch_mean_perplexity(nll, tokens, src_len, batch_size=128) == pytest.approx(
+      math.exp(24 / 13))
+  with pytest.raises(ValueError, match="equally many"):
+    metrics.batch_mean_perplexity(nll, tokens[:4], src_len)

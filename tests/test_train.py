@@ -215,3 +215,67 @@ def test_best_by_free_running_ppl_also_after_resuming_a_run_that_chose_by_anothe
              if r.get("split") == "val" and not r.get("final") and r["step"] <= 40)
   best = [int(d.name) for d in (wd / "best").iterdir() if d.name.isdigit()]
   assert best == [min(val, key=val.get)]
+
+
+def _dates_config(preset: str = "tiny"):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("dates_config", REPO / "experiments/configs/dates.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def test_host_stays_at_most_steps_in_flight_ahead_of_the_device(tmp_path):
+  """A stop waits for at most `STEPS_IN_FLIGHT` dispatched steps, not for a
+  whole log window: whenever a step is dispatched, every earlier step but the
+  last `STEPS_IN_FLIGHT` has finished on the device. (Without the bound up
+  to 8 steps of this size were queued here.)"""
+  import tqdm
+  from flax_attn import checkpoint, experiment, train
+  from flax_attn.preemption import Preemption
+  config = _dates_config()
+  config.model.update(enc_hidden=256, dec_hidden=256, attn_dim=256)
+  config.num_train_steps = config.log_every_steps = 24
+  splits = experiment.load_task(config)
+  ckpts = checkpoint.Checkpoints(tmp_path, keep=1, best_metric="val_loss", best_mode="min")
+  setup, state, meta = train.restore_or_create(config, splits, ckpts)
+  outputs, waiting = [], []
+  with Preemption() as preemption:
+    run = train.Run(config, tmp_path, splits, ckpts, setup, state, meta, preemption)
+    p_train = run.p_train
+
+    def recorded(*step_args):
+      waiting.append(sum(not x.is_ready() for x in outputs))
+      out = p_train(*step_args)
+      outputs.append(out[1]["steps"])
+      return out
+    run.p_train = recorded
+    run.train_until(24, tqdm.tqdm(disable=True))
+  ckpts.close()
+  assert len(outputs) == 24
+  assert max(waiting) <= train.STEPS_IN_FLIGHT, waiting
+
+
+def test_free_running_ppl_tutorial_does_not_depend_on_the_evaluation_batches():
+  """Per-sentence free-running NLLs come back from every device in global
+  order: the tutorial's batch-mean perplexity is the same for any evaluation
+  batch size, and with one tutorial batch it is the token-weighted one."""
+  import jax
+  from flax_attn import parallel, train
+  from flax_attn.model import Seq2Seq
+  rng = np.random.default_rng(0)
+  src = [np.append(rng.integers(4, 20, rng.integers(1, 9)), 3).astype(np.int32) for _ in range(37)]
+  trg = [np.append(rng.integers(4, 18, rng.integers(1, 9)), 3).astype(np.int32) for _ in range(37)]
+  b = global_batch(0)
+  params = Seq2Seq(CFG).init(jax.random.key(1), b["src"], b["src_lengths"], b["trg_in"])["params"]
+  ppl = functools.partial(train.split_perplexity, train.pmapped_eval(CFG),
+                          parallel.replicate(params), src, trg, free_running=True)
+  by_5 = {n: ppl(n, tutorial_batch_size=5) for n in (8, 40)}
+  assert by_5[8]["free_running_ppl_tutorial"] == pytest.approx(
+      by_5[40]["free_running_ppl_tutorial"], rel=1e-6)
+  assert by_5[8]["free_running_ppl"] == pytest.approx(by_5[40]["free_running_ppl"], rel=1e-6)
+  # seven batches of 5 weigh sentences differently from the token mean
+  assert by_5[8]["free_running_ppl_tutorial"] != pytest.approx(by_5[8]["free_running_ppl"],
+                                                               rel=1e-3)
+  one = ppl(8, tutorial_batch_size=128)
+  assert one["free_running_ppl_tutorial"] == pytest.approx(one["free_running_ppl"], rel=1e-6)
