@@ -101,6 +101,14 @@ def test_profile_times_every_part():
   assert "output projection + loss (fused) fwd+bwd" in out
 
 
+def test_loop_benchmark_finds_the_experiment_configs():
+  """`benchmark.py --loop` loads experiments/configs/<name>.py (it looked in
+  experiments/bench/configs/ once, and failed)."""
+  from bench import loop
+  for name in loop.CONFIGS:
+    assert loop._load_config(name).task == name
+
+
 def test_cli_rejects_an_unknown_peer(capsys):
   import benchmark
   with pytest.raises(SystemExit) as e:
