@@ -7,6 +7,7 @@
   python experiments/benchmark.py --profile          # where the flax train step spends time
   python experiments/benchmark.py --loop             # training loop vs bare step (dates, g2p)
   python experiments/benchmark.py --peers torch_tutorial,torch_hoisted   # choose the peers
+  python experiments/benchmark.py --torch_device cuda --fp32_matmul ieee  # on a GPU
 
 The pieces live in experiments/bench/: harness.py (shapes, FLOPs, timed
 cases), flax_cases.py and torch_cases.py (what is timed), compare.py (the
@@ -103,6 +104,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help=f"PyTorch peers, a subset of {','.join(torch_cases.PEERS)} (default: all; "
                       "--sweep: the two eager ones)")
   p.add_argument("--matmul_n", type=int, default=2048)
+  p.add_argument("--torch_device", default="cpu",
+                 help="where the PyTorch peers run (cpu, cuda, cuda:1, ...); flax_attn runs on "
+                      "jax's default device")
+  p.add_argument("--fp32_matmul", default="", choices=("", "ieee", "tf32"),
+                 help="float32 matmuls on a GPU, the same for both libraries: ieee (true "
+                      "float32) or tf32; default: each library's own default")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--sweep", action="store_true", help="train step over batch x trg_len")
   p.add_argument("--sweep_batches", default="32,64,128,256,512")
@@ -162,7 +169,8 @@ def main(argv=None) -> dict[str, Any] | list | None:
     return records
   peers = _names(args.peers) if args.peers else torch_cases.PEERS
   result = compare.run(shapes, _names(args.what), peers, args.repeats, args.warmup,
-                       args.matmul_n, seed=args.seed, log=log)
+                       args.matmul_n, seed=args.seed, log=log, torch_device=args.torch_device,
+                       fp32_matmul=args.fp32_matmul)
   if args.json:
     compare.print_json(result)
   else:

@@ -114,3 +114,27 @@ def test_cli_rejects_an_unknown_peer(capsys):
   with pytest.raises(SystemExit) as e:
     benchmark.parse_args(["--peers", "torch_tutorial,tensorflow"])
   assert e.value.code == 2 and "tensorflow" in capsys.readouterr().err
+
+
+def test_fp32_matmul_sets_both_libraries_alike():
+  """`--fp32_matmul` gives jax and torch the same float32 matmul arithmetic on
+  a GPU (jax allows TF32 by default there, torch's cuBLAS does not), and the
+  report says which."""
+  import jax
+  import torch
+  before = (jax.config.jax_default_matmul_precision, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+  try:
+    torch_cases.set_fp32_matmul("ieee")
+    assert torch_cases.fp32_matmul_settings() == dict(
+        jax_default_matmul_precision="highest", torch_cuda_matmul_allow_tf32=False,
+        torch_cudnn_allow_tf32=False)
+    torch_cases.set_fp32_matmul("tf32")
+    assert torch_cases.fp32_matmul_settings() == dict(
+        jax_default_matmul_precision="tensorfloat32", torch_cuda_matmul_allow_tf32=True,
+        torch_cudnn_allow_tf32=True)
+    with pytest.raises(ValueError, match="fp32_matmul"):
+      torch_cases.set_fp32_matmul("fast")
+  finally:
+    jax.config.update("jax_default_matmul_precision", before[0])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]

@@ -32,18 +32,23 @@ def _cases(what: str, models, batch_np, shapes: Shapes, peers, seed: int, log):
 
 def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats: int = 5,
         warmup: int = 1, matmul_n: int = 2048, matmul_calls: int = 3, seed: int = 0,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
-  """Times `what` for flax_attn and `peers` at `shapes`, interleaved; returns
-  `{"records": [...], "summary": {...}}`."""
+        log: Callable[[str], None] | None = None, torch_device: str = "cpu",
+        fp32_matmul: str = "") -> dict[str, Any]:
+  """Times `what` for flax_attn (on jax's default device) and `peers` (on
+  `torch_device`) at `shapes`, interleaved; `fp32_matmul` ("ieee" | "tf32" |
+  "" = each library's default) sets float32 matmul arithmetic on a GPU for
+  both. Returns `{"records": [...], "summary": {...}}`."""
   log = log or (lambda msg: None)
+  torch_cases.set_fp32_matmul(fp32_matmul)
   threads = torch_cases.set_threads()
   load_start = os.getloadavg()
-  peers, notes = torch_cases.usable_peers(peers, log)
-  models = torch_cases.build_models(shapes, seed)
+  peers, notes = torch_cases.usable_peers(peers, log, torch_device)
+  models = torch_cases.build_models(shapes, seed, torch_device)
   batch_np = make_batch(shapes, seed)
   # The matmul rate is timed interleaved with the train steps (or on its own when
   # there are none), so it sees the same load from other processes.
-  matmul = [matmul_case("jax", matmul_n, matmul_calls), matmul_case("torch", matmul_n, matmul_calls)]
+  matmul = [matmul_case("jax", matmul_n, matmul_calls),
+            matmul_case("torch", matmul_n, matmul_calls, torch_device)]
   records = []
   for w in what:
     cases = _cases(w, models, batch_np, shapes, peers, seed, log)
@@ -82,7 +87,8 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
       flax_over_peer_tokens_per_s=ratios, notes=notes,
       loadavg_1min_start_end=(load_start[0], os.getloadavg()[0]),
       omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), jax_version=jax.__version__,
-      torch_version=torch_cases.torch_version())
+      torch_version=torch_cases.torch_version(), jax_device=jax.devices()[0].device_kind,
+      torch_device=torch_device, fp32_matmul=torch_cases.fp32_matmul_settings())
   return dict(records=records, summary=summary)
 
 
@@ -125,6 +131,8 @@ def format_summary(result: dict[str, Any]) -> str:
                f"jax {s['jax_version']}, torch {s['torch_version']}; 1-min load average "
                f"{s['loadavg_1min_start_end'][0]:.1f} -> {s['loadavg_1min_start_end'][1]:.1f} "
                f"on {os.cpu_count()} cores ('cores' = CPU s per wall s of the timed calls)")
+  lines.append(f"devices: flax_attn on {s['jax_device']}, PyTorch on {s['torch_device']}; "
+               f"float32 matmul settings {s['fp32_matmul']}")
   lines.extend(s["notes"])
   return "\n".join(lines)
 

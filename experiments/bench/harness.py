@@ -163,9 +163,10 @@ def measure(cases: list[Case], repeats: int, warmup: int) -> None:
       c.times.append(c.timed_call())
 
 
-def matmul_case(impl: str, n: int = 2048, calls: int = 3) -> Case:
-  """`calls` float32 n x n x n matmuls per `fn()` in jax (`impl` "jax") or
-  torch (`impl` "torch"); `extra["flop"]` per `fn()`."""
+def matmul_case(impl: str, n: int = 2048, calls: int = 3, torch_device: str = "cpu") -> Case:
+  """`calls` float32 n x n x n matmuls per `fn()` in jax (`impl` "jax", on its
+  default device) or torch (`impl` "torch", on `torch_device`); `extra["flop"]`
+  per `fn()`."""
   rng = np.random.default_rng(0)
   a_np, b_np = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
   if impl == "jax":
@@ -176,12 +177,14 @@ def matmul_case(impl: str, n: int = 2048, calls: int = 3) -> Case:
     one = lambda: mm(a, b).block_until_ready()
   else:
     import torch
-    a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
+    a, b = torch.from_numpy(a_np).to(torch_device), torch.from_numpy(b_np).to(torch_device)
     one = lambda: torch.mm(a, b)
 
   def fn():
     for _ in range(calls):
       one()
+    if impl == "torch" and torch_device.startswith("cuda"):
+      torch.cuda.synchronize()
 
   return Case(impl, "matmul", fn, 0, extra={"flop": 2.0 * n ** 3 * calls})
 

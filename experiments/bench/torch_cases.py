@@ -55,9 +55,42 @@ class Models:
   config: Seq2SeqConfig
   params: Any
   compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)
+  device: str = "cpu"
 
 
-def build_models(shapes: Shapes, seed: int = 0) -> Models:
+def sync(device: str) -> None:
+  """Waits for the device's queued work (a no-op on the CPU, where torch is synchronous)."""
+  if device.startswith("cuda"):
+    torch.cuda.synchronize()
+
+
+def set_fp32_matmul(mode: str) -> None:
+  """float32 matmul arithmetic on a GPU, the same for both libraries: "ieee"
+  (true float32) or "tf32" (TensorFloat-32 inputs, float32 accumulation);
+  "" leaves each library's own default (jax: TF32 allowed; torch: cuBLAS
+  float32, cuDNN TF32)."""
+  if not mode:
+    return
+  if mode not in ("ieee", "tf32"):
+    raise ValueError(f"fp32_matmul must be '', 'ieee' or 'tf32', got {mode!r}")
+  import jax
+  jax.config.update("jax_default_matmul_precision", "highest" if mode == "ieee" else "tensorfloat32")
+  if torch is not None:
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+
+
+def fp32_matmul_settings() -> dict[str, Any]:
+  """What each library will do with a float32 matmul, for the report."""
+  import jax
+  out = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+  if torch is not None:
+    out.update(torch_cuda_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+               torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+  return out
+
+
+def build_models(shapes: Shapes, seed: int = 0, device: str = "cpu") -> Models:
   if torch is None:
     raise ImportError("the benchmark needs torch for the PyTorch peers and their weights")
   tutorial = torch_seq2seq.build(src_vocab=shapes.src_vocab, trg_vocab=shapes.trg_vocab,
@@ -67,19 +100,20 @@ def build_models(shapes: Shapes, seed: int = 0) -> Models:
                                      dropout=shapes.dropout, dtype=shapes.dtype)
   hoisted = torch_hoisted.HoistedSeq2Seq(copy.deepcopy(tutorial))
   compiled = torch_hoisted.HoistedSeq2Seq(copy.deepcopy(tutorial))
-  return Models(dict(torch_tutorial=tutorial, torch_hoisted=hoisted,
-                     torch_hoisted_compiled=compiled), config, params)
+  peers = dict(torch_tutorial=tutorial, torch_hoisted=hoisted, torch_hoisted_compiled=compiled)
+  return Models({k: m.to(device) for k, m in peers.items()}, config, params, device=device)
 
 
-def usable_peers(peers, log: Callable[[str], None]) -> tuple[tuple[str, ...], list[str]]:
+def usable_peers(peers, log: Callable[[str], None],
+                 device: str = "cpu") -> tuple[tuple[str, ...], list[str]]:
   """The peers that can run here, and a note for each one that cannot."""
   if torch is None:
     return (), ["PyTorch peers skipped: torch is not installed"]
   notes = []
   if "torch_hoisted_compiled" in peers:
     tiny = Shapes(batch=2, src_len=3, trg_len=3, src_vocab=11, trg_vocab=9, emb=4, hidden=4)
-    model = build_models(tiny).peers["torch_hoisted_compiled"]
-    src, src_len, trg = torch_batch(make_batch(tiny))
+    model = build_models(tiny, device=device).peers["torch_hoisted_compiled"]
+    src, src_len, trg = torch_batch(make_batch(tiny), device)
     log("checking that torch.compile works here (a tiny model)")
     _, why = torch_hoisted.maybe_compile(model, src, src_len, trg)
     if not why.startswith("compiled"):
@@ -88,11 +122,12 @@ def usable_peers(peers, log: Callable[[str], None]) -> tuple[tuple[str, ...], li
   return tuple(peers), notes
 
 
-def torch_batch(batch_np):
-  """Time-major torch tensors: src `[S, B]`, lengths `[B]` (CPU int64), trg `[T+1, B]`."""
-  return (torch.from_numpy(batch_np["src"].T.astype(np.int64)).contiguous(),
+def torch_batch(batch_np, device: str = "cpu"):
+  """Time-major torch tensors: src `[S, B]`, lengths `[B]` (CPU int64, as
+  `pack_padded_sequence` wants them), trg `[T+1, B]`; src and trg on `device`."""
+  return (torch.from_numpy(batch_np["src"].T.astype(np.int64)).contiguous().to(device),
           torch.from_numpy(batch_np["src_lengths"].astype(np.int64)),
-          torch.from_numpy(batch_np["trg"].T.astype(np.int64)).contiguous())
+          torch.from_numpy(batch_np["trg"].T.astype(np.int64)).contiguous().to(device))
 
 
 def _compiled(models: Models, peer: str, what: str) -> Callable:
@@ -112,7 +147,7 @@ def train_case(models: Models, peer: str, batch_np, shapes: Shapes) -> Case:
   """forward (teacher forcing 1.0), masked cross entropy, backward, clip 1.0, Adam 1e-3."""
   model = models.peers[peer]
   forward = _compiled(models, peer, "forward")
-  src, src_len, trg = torch_batch(batch_np)
+  src, src_len, trg = torch_batch(batch_np, models.device)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3)
   vocab = model.decoder.output_dim
 
@@ -124,7 +159,7 @@ def train_case(models: Models, peer: str, batch_np, shapes: Shapes) -> Case:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return loss.item()
+    return loss.item()  # waits for the device
 
   return Case(peer, "train", fn, shapes.tokens)
 
@@ -133,11 +168,13 @@ def greedy_case(models: Models, peer: str, batch_np, shapes: Shapes) -> Case:
   """Greedy decoding of `trg_len` steps under no_grad, eval mode."""
   model = models.peers[peer]
   greedy = _compiled(models, peer, "greedy")
-  src, src_len, _ = torch_batch(batch_np)
+  src, src_len, _ = torch_batch(batch_np, models.device)
 
   def fn():
     model.eval()
     with torch.no_grad():
-      return greedy(src, src_len, BOS, shapes.trg_len)
+      out = greedy(src, src_len, BOS, shapes.trg_len)
+    sync(models.device)
+    return out
 
   return Case(peer, "greedy", fn, shapes.tokens)
