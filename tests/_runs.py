@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+# The repo first, then whatever PYTHONPATH the tests were given (dependencies
+# installed with `pip --target`, say, as on a machine with no pip install -e).
+ENV = {**os.environ, "XLA_FLAGS": "",
+       "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 # The small dates run most tests share: 40 steps, checkpoints every 10.
 DATES_40 = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
             "--config.eval_every_steps=20")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+from _runs import ENV  # noqa: E402
 
 
 def _cli(script, *args, stdin=b""):

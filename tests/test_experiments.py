@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = REPO.parent / "shared/data/multi30k"
-ENV = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+from _runs import ENV  # noqa: E402
 
 
 def _py(*args, stdin=None, check=True):

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from _runs import (DATES_40, REPO, assert_trees_equal, final_params, kill_after, metric_rows, run,
+from _runs import (DATES_40, ENV, REPO, assert_trees_equal, final_params, kill_after, metric_rows, run,
                    train_cmd)
 
 BUCKET = "flax-attn-test"
@@ -60,7 +60,7 @@ def gcs(tmp_path_factory):
                                  headers={"Content-Type": "application/json"}, method="POST")
     urllib.request.urlopen(req, timeout=10).read()
     try:
-      yield {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+      yield {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ENV["PYTHONPATH"]}
     finally:
       proc.terminate()
       proc.wait(timeout=10)

@@ -90,8 +90,7 @@ def test_rejections_are_counted_and_a_streak_stops():
 def test_two_processes_identical(tmp_path):
   import portpicker
   port = portpicker.pick_unused_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  env = {**ENV, "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen([sys.executable, str(REPO / "tests/_distributed_worker.py"),
                              f"localhost:{port}", "2", str(i), str(tmp_path / f"p{i}.npz")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

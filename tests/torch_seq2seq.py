@@ -92,7 +92,7 @@ class Seq2Seq(nn.Module):
     """src [src_len, batch], trg [trg_len, batch] (BOS first) -> outputs
     [trg_len, batch, vocab] with outputs[0] = 0, as in the tutorial."""
     trg_len, batch = trg.shape
-    outputs = torch.zeros(trg_len, batch, self.decoder.output_dim)
+    outputs = torch.zeros(trg_len, batch, self.decoder.output_dim, device=src.device)
     encoder_outputs, hidden = self.encoder(src, src_len)
     mask = (src != self.src_pad_idx).permute(1, 0)
     token = trg[0]
@@ -108,7 +108,7 @@ class Seq2Seq(nn.Module):
     """Feeds back its argmax for `max_len` steps: tokens [batch, max_len]."""
     encoder_outputs, hidden = self.encoder(src, src_len)
     mask = (src != self.src_pad_idx).permute(1, 0)
-    token = torch.full((src.shape[1],), bos_id, dtype=torch.long)
+    token = torch.full((src.shape[1],), bos_id, dtype=torch.long, device=src.device)
     out = []
     for _ in range(max_len):
       output, hidden, _ = self.decoder(token, hidden, encoder_outputs, mask)
