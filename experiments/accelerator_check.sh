@@ -28,7 +28,10 @@ S=$(mktemp -d)
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/timeline.txt"; }
-pack() { cp "$OUT/timeline.txt" "$S/" 2>/dev/null; tar czf "$OUT/results.tar.gz" -C "$S" .; }
+pack() {  # logs and figures only: checkpoints would make the archive hundreds of MB
+  cp "$OUT/timeline.txt" "$S/" 2>/dev/null
+  tar czf "$OUT/results.tar.gz" -C "$S" --exclude=smoke_run --exclude=m30k_bf16 .
+}
 bounded() {  # bounded RESERVE_S LOG CMD...: CMD with a timeout leaving RESERVE_S of the budget
   local reserve=$1 log=$2; shift 2
   local t=$(( $(left) - reserve )); (( t < 10 )) && { stamp "skipped (no time): $*"; return 124; }
@@ -89,7 +92,7 @@ pack
 
 stamp "bench ieee"
 bounded 65 bench_ieee.jsonl python3 experiments/benchmark.py --torch_device cuda --fp32_matmul ieee \
-  --peers torch_tutorial,torch_hoisted --matmul_n 8192 --repeats 20 --json
+  --peers torch_tutorial,torch_hoisted --matmul_n 8192 --repeats 10 --json
 stamp "bench bf16 vs tf32"
 bounded 5 bench_bf16.jsonl python3 experiments/benchmark.py --torch_device cuda --fp32_matmul tf32 \
   --dtype bfloat16 --peers torch_tutorial,torch_hoisted --matmul_n 8192 --repeats 20 --json
