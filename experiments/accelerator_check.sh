@@ -15,7 +15,8 @@
 #            tests (tests/test_grad_parity.py) again at jax's default precision (while m30k trains: its wall time
 #            is an upper bound)
 #   bench    benchmark.py against the PyTorch peers on the same GPU: float32 (ieee),
-#            then flax_attn bfloat16 against torch TF32
+#            then flax_attn bfloat16 against torch TF32, then against torch.compile
+#            if time is left
 # Everything lands in OUT_DIR/results.tar.gz (logs, metrics.jsonl, JSON lines) and
 # OUT_DIR/timeline.txt.
 set -u
@@ -96,5 +97,8 @@ bounded 65 bench_ieee.jsonl python3 experiments/benchmark.py --torch_device cuda
 stamp "bench bf16 vs tf32"
 bounded 5 bench_bf16.jsonl python3 experiments/benchmark.py --torch_device cuda --fp32_matmul tf32 \
   --dtype bfloat16 --peers torch_tutorial,torch_hoisted --matmul_n 8192 --repeats 20 --json
+stamp "bench torch.compile (what time is left)"
+bounded 5 bench_compiled.jsonl python3 experiments/benchmark.py --torch_device cuda --fp32_matmul tf32 \
+  --dtype bfloat16 --what train,greedy --peers torch_hoisted_compiled --matmul_n 8192 --repeats 20 --json
 stamp "done"
 pack
