@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 # installed with `pip --target`, say, as on a machine with no pip install -e).
 ENV = {**os.environ, "XLA_FLAGS": "",
        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+# How long a child process may take before a test calls it hung. Generous on
+# purpose: a CI machine has run this suite 4x slower than a development one
+# (a tiny g2p run took 71 s here and over 300 s there), and a slow machine is
+# not a failure; a hang still ends, well inside CI's own limit.
+TIMEOUT = 1200
 # The small dates run most tests share: 40 steps, checkpoints every 10.
 DATES_40 = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
             "--config.eval_every_steps=20")
@@ -22,14 +27,14 @@ def train_cmd(workdir, *overrides, config="dates.py:tiny"):
           f"--config={REPO / 'experiments/configs' / config}", f"--workdir={workdir}", *overrides]
 
 
-def run(cmd, env=None, expect=0, stdin=None, timeout=300):
+def run(cmd, env=None, expect=0, stdin=None, timeout=TIMEOUT):
   p = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout,
                      input=stdin)
   assert p.returncode == expect, f"exit {p.returncode}, expected {expect}\n{p.stderr[-3000:]}"
   return p
 
 
-def wait_for(predicate, proc, what: str, timeout: float = 240):
+def wait_for(predicate, proc, what: str, timeout: float = TIMEOUT):
   deadline = time.time() + timeout
   while not predicate():
     assert proc.poll() is None, f"process ended ({proc.returncode}) before {what}"
@@ -45,7 +50,7 @@ def kill_after(cmd, predicate, what: str, sig=signal.SIGKILL, env=None):
     p = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=err, text=True)
     wait_for(predicate, p, what)
     p.send_signal(sig)
-    p.wait(timeout=240)
+    p.wait(timeout=TIMEOUT)
     err.seek(0)
     return p, err.read()
 
@@ -83,7 +88,7 @@ def spawn(cmd, env=None):
   return p
 
 
-def finish(p, timeout=300):
+def finish(p, timeout=TIMEOUT):
   """Waits for `p`; on a timeout, asks it for its Python stacks (train.py
   dumps them on SIGUSR1), kills it and fails with its stderr, so a hang
   shows where it hangs."""

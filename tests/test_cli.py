@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-from _runs import ENV  # noqa: E402
+from _runs import ENV, TIMEOUT  # noqa: E402
 
 
 def _cli(script, *args, stdin=b""):
   p = subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)],
-                     env=ENV, capture_output=True, input=stdin, timeout=300)
+                     env=ENV, capture_output=True, input=stdin, timeout=TIMEOUT)
   return (p.returncode, p.stdout.decode("utf-8", "replace"),
           p.stderr.decode("utf-8", "replace"))
 
@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory):
   p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
                       f"--config={REPO / 'experiments/configs/dates.py'}:tiny",
                       f"--workdir={workdir}"],
-                     env=ENV, capture_output=True, text=True, timeout=600)
+                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
   assert p.returncode == 0, p.stderr[-3000:]
   return workdir
 
@@ -163,9 +163,9 @@ def test_translate_answers_a_line_that_arrives_alone_at_once(run_dir):
       p.stdin.write(line)
       p.stdin.flush()
       # The answer comes while stdin is still open (nothing else is waiting).
-      assert select.select([p.stdout], [], [], 120)[0], "no answer while stdin stays open"
+      assert select.select([p.stdout], [], [], TIMEOUT)[0], "no answer while stdin stays open"
       answers.append(p.stdout.readline())
-    rest, err = p.communicate(timeout=120)
+    rest, err = p.communicate(timeout=TIMEOUT)
   finally:
     p.kill()
   assert all(a.endswith(b"\n") for a in answers) and rest == b""
@@ -273,7 +273,7 @@ def test_evaluate_progress_bar_on_a_terminal_only(run_dir):
     if not data:
       break
     chunks.append(data)
-  out, _ = p.communicate(timeout=300)
+  out, _ = p.communicate(timeout=TIMEOUT)
   os.close(primary)
   assert p.returncode == 0
   tty = b"".join(chunks).decode("utf-8", "replace")

@@ -10,12 +10,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = REPO.parent / "shared/data/multi30k"
-from _runs import ENV  # noqa: E402
+from _runs import ENV, TIMEOUT  # noqa: E402
 
 
 def _py(*args, stdin=None, check=True):
   p = subprocess.run([sys.executable, *map(str, args)], env=ENV, capture_output=True, text=True,
-                     timeout=300, input=stdin)
+                     timeout=TIMEOUT, input=stdin)
   if check:
     assert p.returncode == 0, p.stderr[-3000:]
   return p

@@ -9,7 +9,7 @@ Needs nbformat, nbclient and ipykernel (skipped without them).
 import json
 
 import pytest
-from _runs import ENV, REPO
+from _runs import ENV, REPO, TIMEOUT
 
 NOTEBOOK = REPO / "experiments" / "colab.ipynb"
 
@@ -56,7 +56,7 @@ def executed(tmp_path_factory):
   params = _cell(nb, "parameters")
   params.source += (f'\nPRESET = "tiny"\nWORKDIR = {str(workdir)!r}\nINSTALL = False\n'
                     'RUN_BIG = False\n')  # papermill-style overrides after the defaults
-  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=TIMEOUT,
                                    resources={"metadata": {"path": str(REPO / "experiments")}})
   # A fresh compilation cache: the notebook's subprocesses reuse the kernel's compilations,
   # as they would on Colab, but nothing from an earlier test session.

@@ -31,7 +31,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(tmp_path):
   p = spawn(cmd)
   wait_for(lambda: (wd / "checkpoints/10").exists(), p, "the step-10 checkpoint")
   p.send_signal(signal.SIGTERM)
-  _, err = finish(p, timeout=120)
+  _, err = finish(p)
   assert p.returncode == EXIT_PREEMPTED, err[-2000:]
   stop = _stopped_step(err)
   assert 10 <= stop < 400
@@ -56,7 +56,7 @@ def test_signal_during_evaluation_is_honoured_and_the_evaluation_redone(tmp_path
            "the step-20 log row (the evaluation follows it)")
   t0 = time.time()
   p.send_signal(signal.SIGINT)  # Colab's "interrupt" is a SIGINT
-  _, err = finish(p, timeout=120)
+  _, err = finish(p)
   waited = time.time() - t0
   assert p.returncode == EXIT_PREEMPTED, err[-2000:]
   assert _stopped_step(err) == 20

@@ -99,7 +99,7 @@ def test_two_processes_identical(tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
   for p in procs:
-    out, _ = p.communicate(timeout=240)
+    out, _ = p.communicate(timeout=TIMEOUT)
     assert p.returncode == 0, out.decode()[-3000:]
   a, b = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
   assert sorted(a.files) == sorted(b.files) and len(a.files) > 5
@@ -121,7 +121,7 @@ def test_two_processes_identical(tmp_path):
 
 # ---- end to end through experiments/train.py ---------------------------------------------
 
-from _runs import (DATES_40, ENV, assert_trees_equal, final_params, kill_after,  # noqa: E402
+from _runs import (DATES_40, ENV, TIMEOUT, assert_trees_equal, final_params, kill_after,  # noqa: E402
                    metric_rows, run, train_cmd)
 
 
