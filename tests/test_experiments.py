@@ -1,7 +1,6 @@
 """The task presets end to end, the evaluate/translate CLIs and their errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,6 @@
 damaged checkpoints, config mismatch, non-finite steps."""
 
 import functools
-import os
 import signal
 import subprocess
 import sys
