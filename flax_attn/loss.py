@@ -26,7 +26,7 @@ def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_
     scalars to be summed over devices before dividing.
   """
   logits = logits_BxTxV.astype(jnp.float32)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets_BxT)
+  nll = _token_nll(logits, targets_BxT)
   if label_smoothing > 0.0:
     vocab = logits.shape[-1]
     smooth = optax.smooth_labels(jax.nn.one_hot(targets_BxT, vocab), label_smoothing)
@@ -36,12 +36,17 @@ def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_
   return (jnp.sum(loss * weights_BxT), jnp.sum(nll * weights_BxT), jnp.sum(weights_BxT))
 
 
+def _token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """`[B, T]` negative log-likelihood of each target, computed in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32),
+                                                         targets_BxT)
+
+
 def row_nll_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array
                  ) -> tuple[jax.Array, jax.Array]:
   """Per-sentence negative log-likelihood and token count, both `[batch]`
   (for perplexities that weigh sentences or batches, not only tokens)."""
-  nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32),
-                                                            targets_BxT)
+  nll_BxT = _token_nll(logits_BxTxV, targets_BxT)
   weights_BxT = weights_BxT.astype(jnp.float32)
   return jnp.sum(nll_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flax_attn import Seq2SeqConfig, init_params
-from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums
+from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums, row_nll_sums
 from flax_attn.model import Seq2Seq
 
 
@@ -32,6 +32,20 @@ def test_fused_equals_projection_then_loss(label_smoothing, chunk_rows):
   grads_fused = jax.jit(jax.grad(lambda *a: fused(*a)[0], argnums=(0, 1, 2)))(feats, kernel, bias)
   for got, want in zip(grads_fused, grads_plain):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_row_sums_add_up_to_the_totals_and_skip_padding():
+  feats, kernel, bias, targets, weights = _inputs(seed=3)
+  logits = jnp.dot(feats, kernel) + bias
+  nll_B, weight_B = row_nll_sums(logits, targets, weights)
+  assert nll_B.shape == weight_B.shape == (feats.shape[0],)
+  _, nll_sum, weight_sum = cross_entropy_sums(logits, targets, weights, label_smoothing=0.1)
+  np.testing.assert_allclose(jnp.sum(nll_B), nll_sum, rtol=1e-6)
+  np.testing.assert_allclose(weight_B, jnp.sum(weights, axis=1))
+  # row 0 by hand: -log softmax at each real target, padding ignored
+  logp = jax.nn.log_softmax(logits[0])
+  want = -sum(float(logp[t, targets[0, t]]) for t in range(targets.shape[1]) if weights[0, t] > 0)
+  np.testing.assert_allclose(nll_B[0], want, rtol=1e-5)
 
 
 def test_fused_gradient_scales_with_the_cotangent():
