@@ -42,6 +42,7 @@ def test_row_sums_add_up_to_the_totals_and_skip_padding():
   _, nll_sum, weight_sum = cross_entropy_sums(logits, targets, weights, label_smoothing=0.1)
   np.testing.assert_allclose(jnp.sum(nll_B), nll_sum, rtol=1e-6)
   np.testing.assert_allclose(weight_B, jnp.sum(weights, axis=1))
+  np.testing.assert_allclose(jnp.sum(weight_B), weight_sum)
   # row 0 by hand: -log softmax at each real target, padding ignored
   logp = jax.nn.log_softmax(logits[0])
   want = -sum(float(logp[t, targets[0, t]]) for t in range(targets.shape[1]) if weights[0, t] > 0)
