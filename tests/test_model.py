@@ -245,3 +245,32 @@ def test_gradients_match_python_loop(params):
     for k in path:
       b = b[k.key]
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("unroll", [3, 8])
+def test_scan_unroll_changes_no_result(unroll):
+  """`scan_unroll` only changes how XLA loops (3 leaves a remainder on the 5
+  target / 7 source steps, 8 exceeds them): logits, gradients (teacher forced
+  and scheduled sampling, with dropout) and greedy tokens are those of unroll 1."""
+  base = Seq2SeqConfig(**{**CFG.to_dict(), "enc_layers": 2, "dropout": 0.3})
+  unrolled = Seq2SeqConfig(**{**base.to_dict(), "scan_unroll": unroll})
+  p = init_params(base, jax.random.key(1))
+  src, lengths, trg = _batch()
+
+  def loss(cfg, tf):
+    def f(q):
+      logits = Seq2Seq(cfg).apply({"params": q}, src, lengths, trg, train=True,
+                                  teacher_forcing=tf, rngs={"dropout": jax.random.key(2)})
+      return jax.nn.log_softmax(logits).mean(), logits
+    return jax.value_and_grad(f, has_aux=True)(p)
+
+  for tf in (1.0, 0.5):
+    (ref_loss, ref_logits), ref_grads = loss(base, tf)
+    (got_loss, got_logits), got_grads = loss(unrolled, tf)
+    np.testing.assert_allclose(got_logits, ref_logits, atol=1e-5)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-6)
+    chex.assert_trees_all_close(got_grads, ref_grads, atol=1e-6, rtol=1e-5)
+  ref = greedy_decode(base, p, src, lengths, max_len=6)
+  got = greedy_decode(unrolled, p, src, lengths, max_len=6)
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_array_equal(got.lengths, ref.lengths)
