@@ -1,6 +1,6 @@
 """multi30k: German->English Multi30k, our best configuration.
 
-Cased SentencePiece BPE (separate German and English models of 4,000 pieces
+Cased SentencePiece BPE (separate German and English models of 3,000 pieces
 each, byte fallback: no `<unk>` in the output, which is ordinary detokenised
 text), GRUs of 512 as in the tutorial, full teacher forcing (the fast hoisted
 path), dropout 0.4 on the embeddings and 0.3 on `[s; c]` before the output
@@ -22,7 +22,7 @@ def get_config(preset: str = ""):
   c.src_tokenizer = c.trg_tokenizer = "sentencepiece"
   c.src_lang = c.trg_lang = ""
   c.lowercase = False
-  c.sp_vocab_size = 4000      # chosen on val against 6,000 (README)
+  c.sp_vocab_size = 3000      # chosen on val against 4,000 and 6,000 (README)
   c.sp_model_type = "bpe"
   c.sp_joint = False
   c.sp_byte_fallback = True
@@ -35,6 +35,7 @@ def get_config(preset: str = ""):
   c.warmup_steps = 400
   c.num_epochs = 16
   c.beam_size = 5
+  c.num_buckets = 8          # 10 % fewer padded tokens than 4: fits 90 min here (README)
   c.heatmap_example = "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
   if preset == "tiny":
     multi30k_seed._tiny(c)
