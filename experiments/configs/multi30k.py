@@ -36,6 +36,7 @@ def get_config(preset: str = ""):
   c.num_epochs = 16
   c.beam_size = 5
   c.num_buckets = 8          # 10 % fewer padded tokens than 4: fits 90 min here (README)
+  c.seed = 1                 # chosen on val against seed 0 (README)
   c.heatmap_example = "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
   if preset == "tiny":
     multi30k_seed._tiny(c)
