@@ -1,9 +1,10 @@
-"""Multi30k Task 1, German -> English (raw, original-case text).
+"""Multi30k Task 1, German -> English or English -> German (raw, original-case text).
 
 Reads ``{train,val,test_2016_flickr,test_2017_flickr}.{de,en}`` from
 ``data_dir`` into splits ``'train'`` (29,000), ``'val'`` (1,014), ``'test'``
 (test_2016_flickr, 1,000) and, when present, ``'test2017'`` (1,000). ``src`` is
-German, ``trg`` English, one line per example without its newline.
+German and ``trg`` English by default (``src_lang="en", trg_lang="de"`` turns it
+round), one line per example without its newline.
 
 With ``download=True`` missing files are fetched from the ``multi30k/dataset``
 repository at a pinned commit, gunzipped, checked against ``SHA256`` and
@@ -26,6 +27,7 @@ COMMIT = "a3d2e0d26b56f3846f66a952536ffed4e401d05a"
 URL_TEMPLATE = (f"https://raw.githubusercontent.com/multi30k/dataset/{COMMIT}"
                 "/data/task1/raw/{name}.gz")
 SRC_LANG, TRG_LANG = "de", "en"
+LANGS = ("de", "en")
 
 # split name -> file stem; the last one is optional.
 SPLIT_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr",
@@ -87,21 +89,25 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def load_splits(data_dir, download: bool = False,
-                max_examples: int | None = None) -> dict[str, Split]:
-    """``{'train', 'val', 'test'[, 'test2017']}``: German ``src``, English ``trg``.
+def load_splits(data_dir, download: bool = False, max_examples: int | None = None,
+                src_lang: str = SRC_LANG, trg_lang: str = TRG_LANG) -> dict[str, Split]:
+    """``{'train', 'val', 'test'[, 'test2017']}``: ``src_lang`` sources, ``trg_lang`` targets.
 
     Args:
       data_dir: directory holding (or to receive) the ``<stem>.<lang>`` files.
       download: fetch missing files instead of raising ``FileNotFoundError``.
       max_examples: if set, keep only the first ``max_examples`` lines per split.
+      src_lang, trg_lang: ``"de", "en"`` (the default) or ``"en", "de"``.
     """
     if data_dir is None:
         raise ValueError("data_dir is None; pass a directory (see default_data_dir())")
+    if {src_lang, trg_lang} != set(LANGS):
+        raise ValueError(f"src_lang, trg_lang must be 'de', 'en' or 'en', 'de'; "
+                         f"got {src_lang!r}, {trg_lang!r}")
     data_dir = Path(data_dir)
     splits = {}
     for split, stem in SPLIT_FILES.items():
-        names = [f"{stem}.{SRC_LANG}", f"{stem}.{TRG_LANG}"]
+        names = [f"{stem}.{src_lang}", f"{stem}.{trg_lang}"]
         missing = [n for n in names if not (data_dir / n).is_file()]
         if missing and download:
             for name in missing:
