@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# flax_attn on an accelerator, in one go: what TPU_SETUP.md's "Measured on a GPU"
-# section reports. Needs the package's dependencies and torch importable by python3.
+# flax_attn on an accelerator, in one go: what experiments/results/gpu_h200/README.md
+# reports for one H200 (TPU_SETUP.md, "GPUs", says how to run it). Needs the package's dependencies and torch importable by python3.
 #
 #   bash experiments/accelerator_check.sh OUT_DIR MULTI30K_DIR [SECONDS]
 #
@@ -9,7 +9,7 @@
 #   smoke    dates:tiny trained end to end (train, checkpoint, final evaluation); a
 #            failure here stops the script
 #   m30k     experiments/configs/multi30k.py trained in bfloat16 (TPU_SETUP's GPU
-#            command), in the background, then test2016 with beam 10, alpha 0.6 from best/
+#            command), in the background, then test2016 from best/ with the config's own decoding
 #   tests    the model, parity, decoding, training and checkpoint tests on the
 #            accelerator with float32 matmuls at "highest" precision, and the parity
 #            tests (tests/test_grad_parity.py) again at jax's default precision (while m30k trains: its wall time
@@ -74,7 +74,7 @@ M=$S/m30k_bf16
     --workdir "$M" --config.data_dir="$DATA" --config.model.dtype=bfloat16 \
     --config.progress_bar=False \
   && bounded 130 m30k_test_beam10.log python3 experiments/evaluate.py --workdir "$M" --which best \
-    --split test --beam_size 10 --alpha 0.6 ) &
+    --split test ) &
 TRAIN=$!
 
 stamp "tests (highest precision)"

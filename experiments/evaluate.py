@@ -4,8 +4,12 @@ The line holds the task's metrics and, on a split of the task, the
 teacher-forced and free-running perplexity of its references.
 
   python experiments/evaluate.py --workdir DIR [--split val|test|test2017]
-      [--src FILE --ref FILE] [--beam_size K] [--dtype bfloat16] [--which latest|best]
-      [--step N] [--out FILE]
+      [--src FILE --ref FILE] [--beam_size K] [--alpha A] [--dtype bfloat16]
+      [--which latest|best] [--step N] [--out FILE]
+
+Decoding follows the `decode` group of the config the checkpoint was trained
+with (for `multi30k`: beam 10, alpha 1.0), so with no decoding flags this
+prints the figure that config publishes; each flag overrides its field.
 
 Bad input (unknown or invalid flags, missing/empty/non-UTF-8 files,
 mismatched line counts, an unknown split, a workdir without a compatible
@@ -23,8 +27,10 @@ flags.DEFINE_string("workdir", None, "training workdir or checkpoint step direct
 flags.DEFINE_string("split", "test", "task split to evaluate (ignored with --src/--ref)")
 flags.DEFINE_string("src", None, "source file, one sentence per line")
 flags.DEFINE_string("ref", None, "reference file, aligned with --src")
-flags.DEFINE_integer("beam_size", 1, "beam width (1: greedy)")
-flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search")
+flags.DEFINE_integer("beam_size", None, "beam width, 1: greedy (default: the run's config, decode.beam_size)")
+flags.DEFINE_float("alpha", None, "GNMT length penalty exponent for beam search (default: decode.alpha)")
+flags.DEFINE_float("max_len_ratio", None, "output limit ceil(ratio * source tokens + offset) (default: decode.max_len_ratio)")
+flags.DEFINE_integer("max_len_offset", None, "see --max_len_ratio (default: decode.max_len_offset)")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
 flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
@@ -44,16 +50,35 @@ def _read(path: str, what: str) -> list[str]:
     raise UsageError(str(e)) from None
 
 
-def _translate_with_progress(translator, src: list[str], batch_size: int = 128) -> list[str]:
+def _translate_with_progress(translator, src: list[str], decode,
+                             batch_size: int = 128) -> list[str]:
   """`translator.translate` with a progress bar on stderr (only on a terminal)."""
   import math
 
   import tqdm
   batches = math.ceil(sum(1 for s in src if s.strip()) / batch_size)
-  with tqdm.tqdm(total=batches, unit="batch", desc=f"decoding (beam {FLAGS.beam_size})",
+  with tqdm.tqdm(total=batches, unit="batch", desc=f"decoding (beam {decode.beam_size})",
                  disable=not sys.stderr.isatty(), leave=False) as bar:
-    return translator.translate(src, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-                                batch_size=batch_size, on_batch=lambda: bar.update(1))
+    return translator.translate(src, **decode.to_dict(), batch_size=batch_size,
+                                on_batch=lambda: bar.update(1))
+
+
+DECODE_FLAGS = ("beam_size", "alpha", "max_len_ratio", "max_len_offset")
+
+
+def _decode_overrides() -> dict:
+  """The decoding flags given (None: the run's config decides), checked by the
+  rules every decoder uses, before the (slower) checkpoint load."""
+  from flax_attn import decode_config
+  given = {name: FLAGS[name].value for name in DECODE_FLAGS}
+  defaults = decode_config.DecodeConfig().to_dict()
+  try:
+    decode_config.check(**{k: defaults[k] if v is None else v for k, v in given.items()},
+                        prefix="--")
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return given
+
 
 
 def run() -> dict:
@@ -62,10 +87,7 @@ def run() -> dict:
   from flax_attn import Translator, experiment, metrics, paths
   if (FLAGS.src is None) != (FLAGS.ref is None):
     raise UsageError("--src and --ref go together")
-  if FLAGS.beam_size < 1:
-    raise UsageError(f"--beam_size must be >= 1, got {FLAGS.beam_size}")
-  if not FLAGS.alpha >= 0:
-    raise UsageError(f"--alpha must be >= 0, got {FLAGS.alpha}")
+  overrides = _decode_overrides()
   if FLAGS.src is not None:  # checked before the (slower) checkpoint load
     src, ref = _read(FLAGS.src, "source"), _read(FLAGS.ref, "reference")
     if len(src) != len(ref):
@@ -76,6 +98,7 @@ def run() -> dict:
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   config = ml_collections.ConfigDict(translator.meta["experiment"])
+  decode = translator.settings(**overrides)
   if FLAGS.src is not None:
     refs, name = [[r] for r in ref], paths.as_path(FLAGS.src).name
   else:
@@ -87,9 +110,8 @@ def run() -> dict:
       raise UsageError(f"task {config.task} has no split {FLAGS.split!r} (has {sorted(splits)})")
     split = splits[FLAGS.split]
     src, refs, name = split.src, split.references(), FLAGS.split
-  hyps = _translate_with_progress(translator, src)
-  tag = f".beam{FLAGS.beam_size}" + (f".alpha{FLAGS.alpha:g}" if FLAGS.beam_size > 1 else "")
-  tag += "" if FLAGS.dtype == "float32" else f".{FLAGS.dtype}"
+  hyps = _translate_with_progress(translator, src, decode)
+  tag = decode.tag + ("" if FLAGS.dtype == "float32" else f".{FLAGS.dtype}")
   out = paths.as_path(FLAGS.out) if FLAGS.out else (
       paths.as_path(FLAGS.workdir) / f"{name}{tag}.hyp.txt")
   try:
@@ -97,7 +119,9 @@ def run() -> dict:
   except OSError as e:
     raise UsageError(f"cannot write {out}: {e}") from None
   result = {"task": config.task, "split": name, "step": translator.step,
-            "beam_size": FLAGS.beam_size, "alpha": FLAGS.alpha if FLAGS.beam_size > 1 else None,
+            "beam_size": decode.beam_size,
+            "alpha": decode.alpha if decode.beam_size > 1 else None,
+            "max_len_ratio": decode.max_len_ratio, "max_len_offset": decode.max_len_offset,
             "dtype": FLAGS.dtype, "examples": len(src),
             "output": str(out)}
   result.update(metrics.task_metrics(config.task, hyps, refs))

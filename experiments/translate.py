@@ -1,7 +1,10 @@
 """Translate with a checkpoint: arguments, or stdin (streaming).
 
-  python experiments/translate.py --workdir DIR [--beam_size K] [--n_best N]
+  python experiments/translate.py --workdir DIR [--beam_size K] [--alpha A] [--n_best N]
       [--scores] [--dtype bfloat16] [--plot out.png] [text ...]
+
+Decoding follows the `decode` group of the config the checkpoint was trained
+with (for `multi30k`: beam 10, alpha 1.0); each flag overrides its field.
 
 One output line per input line, in order; an empty line gives an empty line.
 Lines already waiting on stdin are translated together (up to --batch_size
@@ -11,7 +14,8 @@ are loaded onto the device once.
 With --n_best N (<= --beam_size) or --scores, each input line gives N lines
 `LINE<TAB>[SCORE<TAB>]TRANSLATION`: LINE is the input's 0-based number,
 SCORE the length-penalised log probability beam search ranks by (as
-fairseq's interactive `H-` lines).
+fairseq's interactive `H-` lines). An empty input line decodes nothing: its
+rows have an empty SCORE and an empty translation.
 
 With --plot, the attention of the first input is drawn to that PNG.
 Inputs longer than the model's maximum source length are truncated (a
@@ -21,6 +25,7 @@ without a checkpoint, a stdin line that is not UTF-8) gives a one-line
 already been answered.
 """
 
+import math
 import sys
 
 from absl import app, flags
@@ -28,8 +33,8 @@ from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "training workdir or checkpoint step directory")
-flags.DEFINE_integer("beam_size", 1, "beam width (1: greedy)")
-flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent")
+flags.DEFINE_integer("beam_size", None, "beam width, 1: greedy (default: the run's config, decode.beam_size)")
+flags.DEFINE_float("alpha", None, "GNMT length penalty exponent (default: decode.alpha)")
 flags.DEFINE_integer("n_best", 1, "print this many best translations per input (<= beam_size)")
 flags.DEFINE_bool("scores", False, "print each translation's score")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
@@ -62,27 +67,32 @@ def _arg_lines(texts):
 
 
 def _check_flags():
-  if FLAGS.beam_size < 1:
-    _fail(f"--beam_size must be >= 1, got {FLAGS.beam_size}")
-  if not FLAGS.alpha >= 0:
-    _fail(f"--alpha must be >= 0, got {FLAGS.alpha}")
-  if not 1 <= FLAGS.n_best <= FLAGS.beam_size:
-    _fail(f"--n_best must be between 1 and --beam_size ({FLAGS.beam_size}), got {FLAGS.n_best}")
+  """Flags alone, by the rules every decoder uses (before the checkpoint loads)."""
+  from flax_attn import decode_config
+  d = decode_config.DecodeConfig()
+  try:
+    decode_config.check(d.beam_size if FLAGS.beam_size is None else FLAGS.beam_size,
+                        d.alpha if FLAGS.alpha is None else FLAGS.alpha,
+                        n_best=FLAGS.n_best if FLAGS.beam_size is not None else 1, prefix="--")
+  except ValueError as e:
+    _fail(str(e))
   if FLAGS.batch_size < 1:
     _fail(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
 
 
-def _translate_batch(translator, lines: list[str], first_number: int) -> None:
+def _translate_batch(translator, decode, lines: list[str], first_number: int) -> None:
   absl_logging.info("translating a batch of %d line(s)", len(lines))
   if FLAGS.n_best == 1 and not FLAGS.scores:
-    for out in translator.translate(lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha):
+    for out in translator.translate(lines, **decode.to_dict()):
       print(out)
   else:
-    nbest = translator.translate_nbest(lines, beam_size=FLAGS.beam_size, n_best=FLAGS.n_best,
-                                       alpha=FLAGS.alpha)
+    nbest = translator.translate_nbest(lines, n_best=FLAGS.n_best, **decode.to_dict())
     for number, hyps in enumerate(nbest, first_number):
       for text, score in hyps:
-        print(f"{number}\t{score:.4f}\t{text}" if FLAGS.scores else f"{number}\t{text}")
+        if not FLAGS.scores:
+          print(f"{number}\t{text}")
+        else:  # an empty line was not decoded: no score
+          print(f"{number}\t{'' if math.isnan(score) else f'{score:.4f}'}\t{text}")
   sys.stdout.flush()
 
 
@@ -96,13 +106,17 @@ def main(argv):
     translator = Translator.load(FLAGS.workdir, which=FLAGS.which, dtype=FLAGS.dtype)
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:
     _fail(str(e))
+  decode = translator.settings(beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+  if not FLAGS.n_best <= decode.beam_size:
+    _fail(f"--n_best must be between 1 and --beam_size ({decode.beam_size}, the run's "
+          f"decode.beam_size), got {FLAGS.n_best}")
   texts = argv[1:]
   batches = _arg_lines(texts) if texts else lines_lib.stream_batches(sys.stdin.fileno(),
                                                                      FLAGS.batch_size)
   number = 0
   try:
     for lines in batches:
-      _translate_batch(translator, lines, number)
+      _translate_batch(translator, decode, lines, number)
       if number == 0 and FLAGS.plot and lines[0].strip():
         _plot(translator, lines[0])
       number += len(lines)

@@ -10,6 +10,7 @@ from typing import Any
 
 from flax_attn import tokenizers as tok_lib
 from flax_attn.config import DROPOUT_FIELDS, Seq2SeqConfig
+from flax_attn.decode_config import DecodeConfig
 from flax_attn.tasks import Split
 
 # Metric used to pick the best checkpoint, and whether lower is better.
@@ -157,7 +158,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   if config.task not in TASK_METRICS:
     raise ValueError(f"config: unknown task {config.task!r}; use one of {sorted(TASK_METRICS)}")
   for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-               "keep_checkpoints", "batch_size", "eval_batch_size", "num_buckets", "beam_size",
+               "keep_checkpoints", "batch_size", "eval_batch_size", "num_buckets",
                "max_nonfinite_steps"):
     value = config.get(name)
     need(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
@@ -188,6 +189,10 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   need(config.model.dtype in ("float32", "bfloat16"),
        f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
   need(config.get("plateau_patience", 0) >= 0, "plateau_patience must be >= 0")
+  try:
+    DecodeConfig.from_experiment(config)
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
   choices = ("", TASK_METRICS[config.task][0]) + LOSS_METRICS
   need(config.get("best_metric", "") in choices,
        f"best_metric must be one of {choices} for {config.task}, got {config.get('best_metric')!r}")

@@ -46,6 +46,7 @@ import tqdm
 from flax_attn import checkpoint as ckpt_lib
 from flax_attn import experiment, parallel, paths
 from flax_attn.config import Seq2SeqConfig
+from flax_attn.decode_config import DecodeConfig
 from flax_attn.input_pipeline import (TrainBatches, bucket_widths, encode_pairs, eval_batches,
                                       example_widths, train_dataset)
 from flax_attn.loss import cross_entropy_sums, projected_cross_entropy_sums, row_nll_sums
@@ -371,19 +372,20 @@ def split_perplexity(p_eval, params, src_ids, trg_ids, batch_size: int, buckets=
 
 
 def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets, p_eval,
-                   max_examples: int = 0, beam_size: int = 1, free_running: bool = False,
-                   on_batch=None) -> tuple[dict, list[str]]:
+                   max_examples: int = 0, decode: DecodeConfig | None = None,
+                   free_running: bool = False, on_batch=None) -> tuple[dict, list[str]]:
   """Loss/perplexity (teacher forced and optionally free running) and the
-  task metrics of one split. `params` are replicated on the devices;
-  `on_batch()` runs before every batch (it may raise `Preempted`).
-  Returns (metrics, hypotheses)."""
+  task metrics of one split, its outputs decoded with `decode` (default:
+  greedy). `params` are replicated on the devices; `on_batch()` runs before
+  every batch (it may raise `Preempted`). Returns (metrics, hypotheses)."""
+  decode = decode or DecodeConfig()
   from flax_attn import metrics as metrics_lib
   n = len(src_ids) if not max_examples else min(max_examples, len(src_ids))
   src_ids, trg_ids = src_ids[:n], trg_ids[:n]
   result = split_perplexity(p_eval, params, src_ids, trg_ids, config.eval_batch_size, buckets,
                             free_running, on_batch)
   hyps = [translator.trg_tokenizer.decode(ids)
-          for ids in translator.translate_ids(src_ids, beam_size=beam_size,
+          for ids in translator.translate_ids(src_ids, **decode.to_dict(),
                                               batch_size=config.eval_batch_size,
                                               on_batch=on_batch)]
   result.update(metrics_lib.task_metrics(config.task, hyps, split.references()[:n]))
@@ -399,6 +401,7 @@ class Run:
     self.config, self.workdir, self.splits, self.ckpts = config, workdir, splits, ckpts
     self.s, self.meta, self.preemption = setup, meta, preemption
     self.is_main = parallel.is_main_process()
+    self.decode = DecodeConfig.from_experiment(config)  # the final evaluation's settings
     self.step = int(state.step)
     self.last_saved = self.step if meta is not None else None
     self.plateau = Plateau(**meta["plateau"]) if meta else Plateau(
@@ -502,12 +505,12 @@ class Run:
         self.config, self.rstate.params, self.translator(), self.splits[split_name],
         *self.s.encoded[split_name], self.s.buckets, self.p_eval,
         max_examples=0 if final else self.config.eval_max_examples,
-        beam_size=self.config.beam_size if final else 1,
+        decode=self.decode if final else self.decode.replace(beam_size=1),
         free_running=final or experiment.best_metric(self.config)[0].startswith("free_running"),
         on_batch=self.preemption.check)
     row = {"step": self.step, "split": split_name,
            **{k: v for k, v in result.items() if not k.endswith("signature")}}
-    self.log.write({**row, "final": True} if final else row)
+    self.log.write({**row, "final": True, "decode": self.decode.to_dict()} if final else row)
     if final and self.is_main:
       paths.write_text(self.workdir / f"{split_name}.hyp.txt", "\n".join(hyps) + "\n")
     return result

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import numpy as np
 
 from flax_attn import checkpoint as ckpt_lib
 from flax_attn.config import Seq2SeqConfig
+from flax_attn.decode_config import DecodeConfig, check
 from flax_attn.decode import greedy_decode
 from flax_attn.input_pipeline import encode_pairs, eval_batches
 
@@ -21,9 +22,14 @@ from flax_attn.input_pipeline import encode_pairs, eval_batches
 INFERENCE_DTYPES = ("float32", "bfloat16")
 
 
+logger = logging.getLogger(__name__)  # "flax_attn.translator"
+
+
 def _check_sentences(sentences) -> list[str]:
   if isinstance(sentences, str):
     raise TypeError("translate() takes a list of strings, not a single string")
+  if not isinstance(sentences, Iterable):
+    raise TypeError(f"translate() takes a list of strings, got {type(sentences).__name__}")
   sentences = list(sentences)
   for i, s in enumerate(sentences):
     if not isinstance(s, str):
@@ -39,7 +45,9 @@ class Translator:
     default device once (they stay there between calls); src_tokenizer,
     trg_tokenizer; max_src_len: longer inputs are truncated (with a warning)
     to this many tokens including EOS; step: checkpoint step; meta: the
-    checkpoint's meta record (experiment config included).
+    checkpoint's meta record (experiment config included); decode: the
+    `DecodeConfig` its methods use for any decoding argument left None (a
+    loaded checkpoint's own config's `decode` group, else greedy).
 
   `dtype="bfloat16"` (in `__init__` or `load`) decodes with bfloat16 weights
   and matmuls (the recurrent state and softmax stay float32). Its speed
@@ -50,7 +58,7 @@ class Translator:
 
   def __init__(self, config: Seq2SeqConfig, params, src_tokenizer, trg_tokenizer,
                max_src_len: int = 256, step: int | None = None, meta: dict | None = None,
-               dtype: str | None = None):
+               dtype: str | None = None, decode: DecodeConfig | None = None):
     if dtype is not None:
       if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
@@ -59,6 +67,8 @@ class Translator:
     self.config, self.params = config, jax.device_put(params)
     self.src_tokenizer, self.trg_tokenizer = src_tokenizer, trg_tokenizer
     self.max_src_len, self.step, self.meta = max_src_len, step, meta or {}
+    self.decode = decode if decode is not None else DecodeConfig.from_experiment(
+        self.meta.get("experiment"))
 
   @classmethod
   def load(cls, workdir_or_checkpoint_dir: str | os.PathLike, step: int | None = None,
@@ -77,31 +87,42 @@ class Translator:
   def _max_len(self, src_len: int, ratio: float, offset: int) -> int:
     return max(1, int(math.ceil(ratio * src_len + offset)))
 
-  def translate_ids(self, src_ids: Sequence[np.ndarray], beam_size: int = 1, alpha: float = 0.6,
-                    max_len_ratio: float = 1.5, max_len_offset: int = 10,
+  def settings(self, beam_size: int | None = None, alpha: float | None = None,
+               max_len_ratio: float | None = None,
+               max_len_offset: int | None = None) -> DecodeConfig:
+    """`self.decode` with the arguments that are not None put in (checked)."""
+    return self.decode.replace(beam_size=beam_size, alpha=alpha, max_len_ratio=max_len_ratio,
+                               max_len_offset=max_len_offset)
+
+  def translate_ids(self, src_ids: Sequence[np.ndarray], beam_size: int | None = None,
+                    alpha: float | None = None, max_len_ratio: float | None = None,
+                    max_len_offset: int | None = None,
                     batch_size: int = 128, on_batch=None) -> list[list[int]]:
     """Token ids (EOS included in the input) -> output ids (no EOS), input order.
 
-    A sentence of n source tokens gets at most `ceil(max_len_ratio * n +
-    max_len_offset)` output tokens, greedy and beam alike, so its output
-    does not depend on which other sentences share its batch. `on_batch()`,
-    if given, runs before each batch (training uses it to stop an
-    evaluation on a signal)."""
+    Decoding arguments left None come from `self.decode`. A sentence of n
+    source tokens gets at most `ceil(max_len_ratio * n + max_len_offset)`
+    output tokens, greedy and beam alike, so its output does not depend on
+    which other sentences share its batch. `on_batch()`, if given, runs
+    before each batch (training uses it to stop an evaluation on a signal)."""
     nbest = self.translate_ids_nbest(src_ids, beam_size, 1, alpha, max_len_ratio,
                                      max_len_offset, batch_size, on_batch, scores=False)
     return [hyps[0][0] for hyps in nbest]
 
-  def translate_ids_nbest(self, src_ids: Sequence[np.ndarray], beam_size: int = 1,
-                          n_best: int = 1, alpha: float = 0.6, max_len_ratio: float = 1.5,
-                          max_len_offset: int = 10, batch_size: int = 128, on_batch=None,
+  def translate_ids_nbest(self, src_ids: Sequence[np.ndarray], beam_size: int | None = None,
+                          n_best: int = 1, alpha: float | None = None,
+                          max_len_ratio: float | None = None, max_len_offset: int | None = None,
+                          batch_size: int = 128, on_batch=None,
                           scores: bool = True) -> list[list[tuple[list[int], float]]]:
     """Like `translate_ids`, but the `n_best <= beam_size` best outputs of each
     sentence, best first, each with its score: the length-penalised log
     probability beam search ranks by (`beam.length_penalty`; with
     `beam_size=1` the greedy output's). `scores=False` with `beam_size=1`
     runs plain greedy decoding and gives NaN scores."""
-    if n_best > beam_size:
-      raise ValueError(f"n_best must be <= beam_size, got n_best={n_best} beam_size={beam_size}")
+    d = self.settings(beam_size, alpha, max_len_ratio, max_len_offset)
+    check(d.beam_size, d.alpha, d.max_len_ratio, d.max_len_offset, n_best)
+    beam_size, alpha, max_len_ratio, max_len_offset = (
+        d.beam_size, d.alpha, d.max_len_ratio, d.max_len_offset)
     out: list = [None] * len(src_ids)
     # Fewer inputs than a batch are padded to the next power of two rows, not
     # to `batch_size` (one line from the translate CLI decodes 1 row, not 128).
@@ -138,14 +159,17 @@ class Translator:
     src, _, truncated = encode_pairs(sentences, None, self.src_tokenizer, None,
                                      self.max_src_len, 1)
     if truncated:
-      logging.warning("%d input(s) longer than %d tokens were truncated", truncated,
+      logger.warning("%d input(s) longer than %d tokens were truncated", truncated,
                       self.max_src_len - 1)
     return src
 
-  def translate(self, sentences: Sequence[str], beam_size: int = 1, alpha: float = 0.6,
-                max_len_ratio: float = 1.5, max_len_offset: int = 10,
+  def translate(self, sentences: Sequence[str], beam_size: int | None = None,
+                alpha: float | None = None, max_len_ratio: float | None = None,
+                max_len_offset: int | None = None,
                 batch_size: int = 128, on_batch=None) -> list[str]:
     """Translates a list of strings (outputs in input order; "" -> "").
+    Decoding arguments left None come from `self.decode` (for a loaded
+    checkpoint: its config's `decode` group).
     `on_batch()`, if given, runs before each batch of `batch_size` (a
     progress bar, say).
 
@@ -156,8 +180,9 @@ class Translator:
                                  batch_size, on_batch, scores=False)
     return [hyps[0][0] for hyps in nbest]
 
-  def translate_nbest(self, sentences: Sequence[str], beam_size: int = 1, n_best: int = 1,
-                      alpha: float = 0.6, max_len_ratio: float = 1.5, max_len_offset: int = 10,
+  def translate_nbest(self, sentences: Sequence[str], beam_size: int | None = None,
+                      n_best: int = 1, alpha: float | None = None,
+                      max_len_ratio: float | None = None, max_len_offset: int | None = None,
                       batch_size: int = 128, on_batch=None,
                       scores: bool = True) -> list[list[tuple[str, float]]]:
     """The `n_best` best (text, score) pairs of each sentence, best first (see
@@ -174,16 +199,21 @@ class Translator:
         result[i] = [(self.trg_tokenizer.decode(ids), score) for ids, score in hyps]
     return result
 
-  def attention(self, sentence: str, max_len_ratio: float = 1.5, max_len_offset: int = 10):
+  def attention(self, sentence: str, max_len_ratio: float | None = None,
+                max_len_offset: int | None = None):
     """Greedy translation of one sentence with its attention.
 
     Returns (source tokens incl. `<eos>`, output tokens incl. `<eos>` if
-    produced, weights `[out_len, src_len]` numpy).
+    produced, weights `[out_len, src_len]` numpy). An empty or blank
+    sentence, which `translate` answers with "", gives `([], [], [0, 0] array)`.
     """
     (sentence,) = _check_sentences([sentence])
+    if not sentence.strip():
+      return [], [], np.zeros((0, 0), np.float32)
+    d = self.settings(max_len_ratio=max_len_ratio, max_len_offset=max_len_offset)
     src = self.encode([sentence])[0]
     res = greedy_decode(self.config, self.params, src[None], np.array([len(src)]),
-                        self._max_len(len(src), max_len_ratio, max_len_offset))
+                        self._max_len(len(src), d.max_len_ratio, d.max_len_offset))
     n = int(res.lengths[0])
     out_ids = np.asarray(res.tokens[0, :n])
     src_tokens = [self.src_tokenizer.id_to_token(int(i)) for i in src]

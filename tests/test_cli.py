@@ -71,7 +71,7 @@ EVALUATE_ERRORS = [
     ("src_without_ref", ["--workdir={run}", "--src={d}/src.txt"], "--src and --ref go together"),
     ("non_utf8_src", ["--workdir={run}", "--src={d}/bad.txt", "--ref={d}/ref.txt"],
      "is not UTF-8 (line 2)"),
-    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be >= 1"),
+    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be an integer >= 1"),
     ("negative_alpha", ["--workdir={run}", "--alpha=-1"], "--alpha must be >= 0"),
     ("unknown_split", ["--workdir={run}", "--split=nosuch"], "has no split 'nosuch'"),
     ("workdir_without_checkpoint", ["--workdir={d}/empty_dir"], "no checkpoint found"),
@@ -105,7 +105,7 @@ def test_evaluate_src_ref(run_dir, files):
 TRANSLATE_ERRORS = [
     ("workdir_without_checkpoint", ["--workdir={d}/empty_dir"], "no checkpoint found"),
     ("workdir_is_file", ["--workdir={d}/a_file"], "is a file"),
-    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be >= 1"),
+    ("beam_size_0", ["--workdir={run}", "--beam_size=0"], "--beam_size must be an integer >= 1"),
     ("negative_alpha", ["--workdir={run}", "--beam_size=2", "--alpha=-1"],
      "--alpha must be >= 0"),
     ("unknown_flag", ["--workdir={run}", "--no_such_flag"], "Unknown command line flag"),
@@ -181,7 +181,7 @@ def test_translate_n_best_with_scores(run_dir):
   assert all(len(r) == 3 for r in rows)
   for first, second in (rows[0:2], rows[4:6]):
     assert float(first[1]) >= float(second[1]) and first[2] != second[2]
-  assert rows[2][2] == rows[3][2] == ""   # the empty line: empty, score nan
+  assert rows[2][1:] == rows[3][1:] == ["", ""]   # the empty line: no score, no output
   rc, plain, _ = _cli("translate.py", f"--workdir={run_dir}", "--beam_size=3",
                       stdin=b"3 march 1998\n")
   assert plain.strip() == rows[0][2]      # the 1-best is what plain beam search prints
@@ -302,6 +302,40 @@ def test_train_usage_errors_name_the_configs(tmp_path, args, expected):
   _assert_usage_error((rc, out, err), expected)
   usage = [x for x in err.splitlines() if x.startswith("usage:")]
   assert len(err.splitlines()) == 2 and len(usage) == 1, err
-  for name in ("dates", "g2p", "multi30k", "multi30k_seed", "reverse", "sort"):
+  for name in ("dates", "g2p", "multi30k", "multi30k_tutorial", "multi30k_seed",
+               "multi30k_en_de", "reverse", "sort"):
     assert name in usage[0]
   assert not (tmp_path / "wd").exists()  # nothing was started
+
+
+def test_the_configs_decode_group_is_every_clis_default(tmp_path):
+  """A run trained with `decode.beam_size=2, decode.alpha=1.0`: its final
+  evaluation decodes so, and evaluate.py / translate.py with no decoding
+  flags decode the same way (the same output as the training run's final
+  evaluation); a flag overrides one field."""
+  p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
+                      f"--config={REPO / 'experiments/configs/dates.py'}:tiny",
+                      f"--workdir={tmp_path}", "--config.decode.beam_size=2",
+                      "--config.decode.alpha=1.0"],
+                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+  assert p.returncode == 0, p.stderr[-3000:]
+  trained = json.loads(p.stdout.strip().splitlines()[-1])["test"]
+  rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  final = [r for r in rows if r.get("split") == "test" and r.get("final")][-1]
+  assert final["decode"] == {"beam_size": 2, "alpha": 1.0, "max_len_ratio": 1.5,
+                             "max_len_offset": 10}
+  rc, out, err = _cli("evaluate.py", f"--workdir={tmp_path}", "--split=test")
+  assert rc == 0, err[-3000:]
+  line = json.loads(out)
+  assert (line["beam_size"], line["alpha"]) == (2, 1.0)
+  assert line["exact_match"] == trained["exact_match"]
+  assert Path(line["output"]) == tmp_path / "test.beam2.alpha1.hyp.txt"
+  assert Path(line["output"]).read_text() == (tmp_path / "test.hyp.txt").read_text()
+  rc, out, err = _cli("evaluate.py", f"--workdir={tmp_path}", "--split=test", "--beam_size=1")
+  assert rc == 0 and json.loads(out)["beam_size"] == 1 and json.loads(out)["alpha"] is None
+  # translate.py: n_best 2 needs a beam of 2, which only the config gives here.
+  rc, out, err = _cli("translate.py", f"--workdir={tmp_path}", "--n_best=2", "3 march 1998")
+  assert rc == 0, err[-3000:]
+  assert [r.split("\t")[0] for r in out.splitlines()] == ["0", "0"]
+  _assert_usage_error(_cli("translate.py", f"--workdir={tmp_path}", "--n_best=3",
+                           "3 march 1998"), "--n_best must be between 1 and --beam_size (2")

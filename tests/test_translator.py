@@ -68,7 +68,7 @@ def test_n_best_are_distinct_and_best_first(translator):
   assert len({tuple(ids) for ids, _ in nbest}) == 3
   scores = [score for _, score in nbest]
   assert scores == sorted(scores, reverse=True)
-  with pytest.raises(ValueError, match="n_best must be <= beam_size"):
+  with pytest.raises(ValueError, match=r"n_best must be between 1 and beam_size \(2\)"):
     translator.translate_ids_nbest([_sentence(6, seed=9)], beam_size=2, n_best=3)
 
 
@@ -87,3 +87,39 @@ def test_bfloat16_inference_option(translator):
 
 def test_params_live_on_the_device(translator):
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(translator.params))
+
+
+def test_a_loaded_runs_decode_group_is_the_default(translator, monkeypatch):
+  """A checkpoint's config says how to decode (beam 3, alpha 1.0 here): the
+  methods use it when their arguments are left out, and an argument overrides."""
+  from flax_attn import beam as beam_module
+  calls = []
+  real = beam_module.beam_search
+
+  def spy(*args, **kw):
+    calls.append((kw["beam_size"], kw["alpha"]))
+    return real(*args, **kw)
+
+  monkeypatch.setattr(beam_module, "beam_search", spy)
+  meta = {"experiment": {"decode": {"beam_size": 3, "alpha": 1.0}}}
+  t = Translator(translator.config, translator.params, None, None, meta=meta)
+  assert t.decode.beam_size == 3
+  t.translate_ids([_sentence(5, seed=1)])
+  assert calls == [(3, 1.0)]
+  t.translate_ids([_sentence(5, seed=1)], alpha=0.0)
+  assert calls[-1] == (3, 0.0)
+  assert t.translate_ids([_sentence(5, seed=1)], beam_size=1) == translator.translate_ids(
+      [_sentence(5, seed=1)])
+  assert len(calls) == 2  # beam_size=1: greedy, no beam search
+
+
+def test_bad_inputs_to_translate_are_clear(translator):
+  with pytest.raises(TypeError, match="list of strings, got NoneType"):
+    translator.translate(None)
+  with pytest.raises(TypeError, match="not a single string"):
+    translator.translate("abc")
+
+
+def test_attention_of_an_empty_sentence_is_empty_like_its_translation(translator):
+  src_tokens, trg_tokens, weights = translator.attention("  ")
+  assert src_tokens == [] and trg_tokens == [] and weights.shape == (0, 0)

@@ -3,7 +3,7 @@ that pad to the fewest tokens) against the length quantiles it replaced.
 
   python experiments/bench/padding.py [--data_dir ../shared/data/multi30k]
 
-For the `multi30k` and `multi30k_seed` configs (their tokenizers, fitted on
+For the `multi30k` and `multi30k_tutorial` configs (their tokenizers, fitted on
 the training split, and their `num_buckets`) it prints the mean true width of
 a training example and the mean width it is padded to under each bucketing.
 A train step costs about its padded width, so the ratio is the epoch's cost.
@@ -22,7 +22,7 @@ from flax_attn import input_pipeline as ip
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import multi30k  # noqa: E402
-import multi30k_seed  # noqa: E402
+import multi30k_tutorial  # noqa: E402
 
 
 def quantile_widths(widths: np.ndarray, num_buckets: int, multiple: int = 4) -> tuple[int, ...]:
@@ -40,7 +40,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/multi30k")
   args = parser.parse_args()
-  for name, module in (("multi30k", multi30k), ("multi30k_seed", multi30k_seed)):
+  for name, module in (("multi30k", multi30k), ("multi30k_tutorial", multi30k_tutorial)):
     c = module.get_config()
     c.data_dir = args.data_dir
     train = experiment.load_task(c)["train"]

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from flax_attn import decode_config
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -54,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.final_eval_splits = ("val", "test")
   c.best_metric = ""         # what picks workdir/best: "" = the task's metric (bleu_lc, wer, ...);
                              # loss, ppl or free_running_ppl (lower is better) instead
-  c.beam_size = 1            # final evaluation's beam
+  # Decoding of the final evaluation, and the defaults of evaluate.py,
+  # translate.py and Translator.load for this run's workdir (flax_attn.decode_config).
+  c.decode = ml_collections.ConfigDict(decode_config.DecodeConfig().to_dict())
   c.progress_bar = True
   c.heatmap_example = ""
   # Multi-host (jax.distributed); empty for one process.

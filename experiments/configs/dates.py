@@ -1,7 +1,9 @@
 """dates: human-readable dates in many formats -> ISO 8601 (the default experiment).
 
-Presets: "" (the README's run: >= 99.5 % exact match on 2,000 held-out dates
-on a 2-core CPU in minutes) and "tiny" (tests, smoke runs).
+Presets: "" (the README's run) and "tiny" (tests, smoke runs). Greedy decoding.
+
+Reaches (experiments/results/LOG.md): 99.9 % exact match on 2,000 held-out
+dates (val 100 %), 1,500 steps, about 1 min 15 s on a 2-core CPU.
 """
 
 import os

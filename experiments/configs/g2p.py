@@ -1,4 +1,13 @@
-"""g2p: English grapheme-to-phoneme on CMUdict (stress stripped; our hash split)."""
+"""g2p: English grapheme-to-phoneme on CMUdict (stress stripped; our hash split).
+
+A 2-layer bidirectional encoder, GRUs of 256, embedding dropout 0.2, label
+smoothing 0.1, warmup + cosine over 18 epochs; beam 5, alpha 0.6.
+
+Reaches (experiments/results/LOG.md, 2026-12-06): test WER 22.94 %, PER 5.49 %
+(val 23.42 % / 5.43 %) over 6,243 words; a word counts as right when it equals
+any of its dictionary pronunciations (PER: the closest one); 18 epochs, 15,822 steps, 56:53 of
+training on a quiet 2-core CPU.
+"""
 
 import os
 import sys
@@ -27,12 +36,12 @@ def get_config(preset: str = ""):
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.eval_max_examples = 2000
-  c.beam_size = 5
+  c.decode.beam_size = 5
   c.heatmap_example = "attention"
   if preset == "tiny":
     c.task_kwargs.max_examples = 512
     apply_tiny(c, steps=16, emb_dim=16, attn_dim=0)
-    c.beam_size = 2
+    c.decode.beam_size = 2
   elif preset:
     raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
   return c
