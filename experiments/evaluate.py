@@ -23,7 +23,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir or checkpoint step directory")
+flags.DEFINE_string("workdir", None, "training workdir, checkpoint step directory or export (export.py)")
+flags.DEFINE_string("data_dir", None, "where the task's files are, if not where the run found them (multi30k)")
 flags.DEFINE_string("split", "test", "task split to evaluate (ignored with --src/--ref)")
 flags.DEFINE_string("src", None, "source file, one sentence per line")
 flags.DEFINE_string("ref", None, "reference file, aligned with --src")
@@ -98,6 +99,8 @@ def run() -> dict:
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   config = ml_collections.ConfigDict(translator.meta["experiment"])
+  if FLAGS.data_dir is not None:
+    config.data_dir = FLAGS.data_dir
   decode = translator.settings(**overrides)
   if FLAGS.src is not None:
     refs, name = [[r] for r in ref], paths.as_path(FLAGS.src).name
@@ -124,7 +127,7 @@ def run() -> dict:
             "max_len_ratio": decode.max_len_ratio, "max_len_offset": decode.max_len_offset,
             "dtype": FLAGS.dtype, "examples": len(src),
             "output": str(out)}
-  result.update(metrics.task_metrics(config.task, hyps, refs))
+  result.update(metrics.task_metrics(config.task, hyps, refs, experiment.target_language(config)))
   if FLAGS.src is None:  # a split of the task: its references are token ids too
     result.update(_perplexity(translator, config, split))
   return result

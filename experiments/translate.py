@@ -32,7 +32,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir or checkpoint step directory")
+flags.DEFINE_string("workdir", None, "training workdir, checkpoint step directory or export (export.py)")
 flags.DEFINE_integer("beam_size", None, "beam width, 1: greedy (default: the run's config, decode.beam_size)")
 flags.DEFINE_float("alpha", None, "GNMT length penalty exponent (default: decode.alpha)")
 flags.DEFINE_integer("n_best", 1, "print this many best translations per input (<= beam_size)")

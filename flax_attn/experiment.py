@@ -53,6 +53,14 @@ def load_task(config) -> dict[str, Split]:
   raise ValueError(f"unknown task {task!r}; use one of {sorted(TASK_METRICS)}")
 
 
+def target_language(config) -> str:
+  """The target language of a translation task ("en", "de"), else ""."""
+  if config.task != "multi30k":
+    return ""
+  kw = config.get("task_kwargs") or {}
+  return kw.get("trg_lang", "en")
+
+
 def fit_tokenizer(kind: str, texts: list[str], config, lang: str = "") -> Any:
   """Fits a tokenizer of `kind` (word, char, whitespace, sentencepiece) on `texts`;
   `lang` (e.g. "en") gives a word tokenizer Moses tokens and detokenisation."""

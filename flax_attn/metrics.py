@@ -8,6 +8,8 @@
   length, summed over the corpus.
 * ``bleu_scores``: sacrebleu corpus BLEU, lower-cased BLEU and chrF, each with
   its signature string.
+* ``tokenised_bleu``: lower-cased BLEU on Moses-tokenised text, as the
+  multimodal-MT papers report it (beside the sacreBLEU figures, never instead).
 * ``task_metrics``: the metrics a task reports (the one place that chooses).
 
 Strings are compared as whitespace-separated token lists, so "HH  AH" equals
@@ -104,6 +106,42 @@ def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict:
     return out
 
 
+# What the tokenised BLEU's signature adds to sacreBLEU's own (which says tok:none).
+TOKENISED_BLEU_PREP = "lc+moses-norm+moses-tok(sacremoses)"
+
+
+def tokenised_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str) -> dict:
+    """Paper-comparable BLEU: lower-cased, Moses-tokenised BLEU of detokenised text.
+
+    Hypotheses and references alike are lower-cased, punctuation-normalised
+    and tokenised with the Moses scripts' Python port (``sacremoses``, for
+    ``lang``), in the order of the Multi30k dataset's own preprocessing
+    (``scripts/task1-tokenize.sh`` of github.com/multi30k/dataset:
+    ``lowercase.perl | normalize-punctuation.perl -l L | tokenizer.perl -l L``),
+    then scored by sacreBLEU with ``tokenize="none"``: BLEU over those tokens,
+    what ``multi-bleu.perl`` and fairseq's ``generate.py`` report on the
+    tokenised files that multimodal-MT papers train on (e.g. Wu et al. 2021,
+    github.com/LividWo/Revisit-MMT). Not comparable with ``bleu``/``bleu_lc``,
+    which tokenise with sacreBLEU's 13a.
+
+    Returns ``{'bleu_tok_lc', 'bleu_tok_lc_signature'}``.
+    """
+    import sacremoses
+
+    _check_lengths(hyps, refs)
+    if not hyps:
+        raise ValueError("tokenised_bleu needs at least one hypothesis")
+    norm, tok = sacremoses.MosesPunctNormalizer(lang=lang), sacremoses.MosesTokenizer(lang=lang)
+
+    def prep(text: str) -> str:
+        return tok.tokenize(norm.normalize(text.lower()), escape=False, return_str=True)
+
+    metric = sacrebleu.metrics.BLEU(tokenize="none", lowercase=True)
+    score = metric.corpus_score([prep(h) for h in hyps], [[prep(r) for r in refs]])
+    return {"bleu_tok_lc": float(score.score),
+            "bleu_tok_lc_signature": f"{metric.get_signature()}|prep:{TOKENISED_BLEU_PREP}:{lang}"}
+
+
 def batch_mean_perplexity(nll_N: Sequence[float], tokens_N: Sequence[float],
                           src_lengths_N: Sequence[int], batch_size: int = 128) -> float:
   """Perplexity averaged the way bentrevett/pytorch-seq2seq reports it.
@@ -130,11 +168,14 @@ def batch_mean_perplexity(nll_N: Sequence[float], tokens_N: Sequence[float],
   return float(math.exp(min(float(np.mean(means)), 50.0)))
 
 
-def task_metrics(task: str, hyps: Sequence[str], refs_multi: Sequence[Sequence[str]]) -> dict:
+def task_metrics(task: str, hyps: Sequence[str], refs_multi: Sequence[Sequence[str]],
+                 lang: str = "") -> dict:
     """The metrics of ``task``: g2p -> wer, per; multi30k -> bleu_scores (first
-    reference); every other task -> exact_match in percent."""
+    reference) and, given the target language ``lang``, tokenised_bleu;
+    every other task -> exact_match in percent."""
     if task == "g2p":
         return {"wer": wer(hyps, refs_multi), "per": per(hyps, refs_multi)}
     if task == "multi30k":
-        return bleu_scores(hyps, [r if isinstance(r, str) else r[0] for r in refs_multi])
+        refs = [r if isinstance(r, str) else r[0] for r in refs_multi]
+        return {**bleu_scores(hyps, refs), **(tokenised_bleu(hyps, refs, lang) if lang else {})}
     return {"exact_match": 100.0 * exact_match(hyps, refs_multi)}

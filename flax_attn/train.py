@@ -388,7 +388,8 @@ def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets,
           for ids in translator.translate_ids(src_ids, **decode.to_dict(),
                                               batch_size=config.eval_batch_size,
                                               on_batch=on_batch)]
-  result.update(metrics_lib.task_metrics(config.task, hyps, split.references()[:n]))
+  result.update(metrics_lib.task_metrics(config.task, hyps, split.references()[:n],
+                                         experiment.target_language(config)))
   return result, hyps
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_attn import checkpoint as ckpt_lib
+from flax_attn import export as export_lib
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.decode_config import DecodeConfig, check
 from flax_attn.decode import greedy_decode
@@ -73,8 +74,18 @@ class Translator:
   @classmethod
   def load(cls, workdir_or_checkpoint_dir: str | os.PathLike, step: int | None = None,
            which: str = "latest", dtype: str | None = None) -> "Translator":
-    """Loads a workdir (its latest, or `which="best"`) or one step directory."""
-    step, params, meta = ckpt_lib.load_for_inference(workdir_or_checkpoint_dir, step, which)
+    """Loads a workdir (its latest, or `which="best"`), one step directory, or
+    an export (`flax_attn.export`: its files are checked against its manifest;
+    `step` and `which` do not apply; a bfloat16 export decodes in bfloat16
+    unless `dtype` says otherwise)."""
+    if export_lib.is_export(workdir_or_checkpoint_dir):
+      if step is not None or which != "latest":
+        raise ValueError(f"{workdir_or_checkpoint_dir} is an export: it holds one set of "
+                         f"parameters, so step and which do not apply")
+      step, params, meta = export_lib.load_export(workdir_or_checkpoint_dir)
+      dtype = dtype or (meta["dtype"] if meta.get("dtype") != "float32" else None)
+    else:
+      step, params, meta = ckpt_lib.load_for_inference(workdir_or_checkpoint_dir, step, which)
     try:
       config = Seq2SeqConfig.from_dict(meta["model_config"])
       src_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["src"])

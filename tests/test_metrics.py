@@ -103,3 +103,37 @@ def test_batch_mean_perplexity_hand_computed():
       math.exp(24 / 13))
   with pytest.raises(ValueError, match="equally many"):
     metrics.batch_mean_perplexity(nll, tokens[:4], src_len)
+
+
+def test_tokenised_bleu_splits_punctuation_and_ignores_case():
+    """The papers' BLEU tokenises with Moses before scoring: "hat," and "hat ,"
+    are the same tokens there, and case does not count."""
+    hyps = ["Ein Mann mit einem Hut, der lächelt."]
+    refs = ["ein mann mit einem hut , der lächelt ."]
+    out = metrics.tokenised_bleu(hyps, refs, "de")
+    assert out["bleu_tok_lc"] == pytest.approx(100.0)
+    assert "tok:none" in out["bleu_tok_lc_signature"]
+    assert out["bleu_tok_lc_signature"].endswith("moses-tok(sacremoses):de")
+    # Plain sacreBLEU on the raw reference's spacing scores the same pair below 100
+    # (13a splits the "," but keeps "Ein" and "ein" apart in the cased figure).
+    assert metrics.bleu_scores(hyps, refs)["bleu"] < 100.0
+
+
+def test_tokenised_bleu_matches_a_hand_count():
+    """2 of 3 unigrams right, 1 of 2 bigrams, no trigram: with sacreBLEU's
+    default smoothing ('exp') the score is not 0, and differs from a perfect match."""
+    perfect = metrics.tokenised_bleu(["a b c d"], ["a b c d"], "en")["bleu_tok_lc"]
+    worse = metrics.tokenised_bleu(["a b x d"], ["a b c d"], "en")["bleu_tok_lc"]
+    assert perfect == pytest.approx(100.0) and 0.0 < worse < perfect
+
+
+def test_task_metrics_adds_tokenised_bleu_given_the_target_language():
+    plain = metrics.task_metrics("multi30k", ["A dog runs."], [["A dog runs."]])
+    assert "bleu_tok_lc" not in plain
+    # Moses splits "man's" into "man 's", 13a keeps it whole: more matching
+    # n-grams on Moses tokens, so the tokenised BLEU is the higher one here.
+    out = metrics.task_metrics("multi30k", ["a man's dog sits here"], [["A man's cat sits here"]],
+                               lang="en")
+    assert out["bleu_tok_lc"] > out["bleu_lc"] > 0.0
+    same = metrics.tokenised_bleu(["a man's dog sits here"], ["A man's cat sits here"], "en")
+    assert out["bleu_tok_lc"] == same["bleu_tok_lc"]

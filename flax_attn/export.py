@@ -1,0 +1,207 @@
+"""Inference checkpoints one can hand to someone else, and checkpoint averaging.
+
+`export` turns a training workdir into a folder that holds only what
+translating needs:
+
+  params/        the parameters (Orbax, `StandardCheckpointer`), float32 or bfloat16;
+                 no optimizer state, RNG or data position
+  export.json    the experiment config (with its `decode` group), the model
+                 config, the tokenizers (their files, base64), the bucket
+                 widths, where the parameters came from (workdir, steps,
+                 averaging), the metrics they were measured with, and the
+                 package versions that wrote it
+  MANIFEST.json  the sha256 and size of every other file
+
+`load_export` checks the manifest and returns what `checkpoint.load_for_inference`
+returns for a workdir, so `Translator.load`, `evaluate.py` and `translate.py`
+read an export (a local path or a `gs://` URL) exactly like a workdir.
+
+Averaging (`average_params`): the element-wise mean of the last K saved steps'
+parameters, as fairseq's `average_checkpoints.py` and OpenNMT's
+`average_models.py` do; computed in float64 and stored in the parameters' dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flax_attn import checkpoint as ckpt_lib
+from flax_attn import paths
+
+FORMAT = "flax_attn-export"
+FORMAT_VERSION = 1
+META_FILE = "export.json"
+MANIFEST_FILE = "MANIFEST.json"
+PARAMS_DIR = "params"
+EXPORT_DTYPES = ("float32", "bfloat16")
+
+
+class ExportError(ValueError):
+  """An export that cannot be written or read (one-line message)."""
+
+
+def is_export(path: str | os.PathLike) -> bool:
+  """Whether `path` is an export folder (it holds `export.json`)."""
+  return (paths.as_path(path) / META_FILE).exists()
+
+
+def average_params(params_list: Sequence[Any]) -> Any:
+  """The element-wise mean of parameter trees of one structure (float64
+  sums, the first tree's dtypes)."""
+  if not params_list:
+    raise ExportError("nothing to average")
+  structure = jax.tree.structure(params_list[0])
+  for i, p in enumerate(params_list[1:], 1):
+    if jax.tree.structure(p) != structure:
+      raise ExportError(f"parameter tree {i} has another structure than tree 0")
+
+  def mean(*xs):
+    total = np.zeros(np.shape(xs[0]), np.float64)
+    for x in xs:
+      total += np.asarray(x, np.float64)
+    return (total / len(xs)).astype(np.asarray(xs[0]).dtype)
+
+  return jax.tree.map(mean, *params_list)
+
+
+def _final_metrics(workdir, step: int) -> dict:
+  """The final-evaluation rows of `metrics.jsonl` for `step` (split -> metrics)."""
+  log = paths.as_path(workdir) / "metrics.jsonl"
+  if not log.exists():
+    return {}
+  out = {}
+  for line in paths.read_text(log).splitlines():
+    row = json.loads(line)
+    if row.get("final") and row.get("step") == step and row.get("split") not in (None, "summary"):
+      out[row["split"]] = {k: v for k, v in row.items() if k not in ("step", "split", "final")}
+  return out
+
+
+def versions() -> dict[str, str]:
+  """The versions of the packages that shape the parameters and their numbers."""
+  import flax
+  import optax
+
+  import flax_attn
+  return {"flax_attn": flax_attn.__version__, "jax": jax.__version__,
+          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax-checkpoint": ocp.__version__ if hasattr(ocp, "__version__") else "",
+          "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _files(root) -> list:
+  out = []
+  for child in sorted(root.iterdir(), key=lambda p: p.name):
+    out.extend(_files(child) if child.is_dir() else [child])
+  return out
+
+
+def _manifest(root) -> dict[str, dict]:
+  """{relative path: {sha256, bytes}} of every file under `root` but the manifest."""
+  out = {}
+  for f in _files(root):
+    rel = os.path.relpath(os.fspath(f), os.fspath(root))
+    if rel == MANIFEST_FILE:
+      continue
+    data = f.read_bytes()
+    out[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+  return out
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, which: str = "latest",
+           average_last: int = 0, dtype: str = "float32") -> dict:
+  """Writes an inference checkpoint of `workdir` to `out` (a new folder).
+
+  Args:
+    workdir: a training workdir (local or URL).
+    out: the folder to write; it must not exist yet.
+    which: "latest" (the newest step) or "best" (the step `best/` holds).
+    average_last: K > 1 averages the newest K steps of `checkpoints/` (the
+      run must have kept them: `keep_checkpoints >= K`); 0 or 1: no averaging.
+    dtype: "float32" (bit-identical to the workdir's parameters when not
+      averaged) or "bfloat16" (half the size).
+  Returns the meta record written to `export.json`.
+  """
+  if dtype not in EXPORT_DTYPES:
+    raise ExportError(f"dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
+  if which not in ("latest", "best"):
+    raise ExportError(f"which must be 'latest' or 'best', got {which!r}")
+  if not isinstance(average_last, int) or average_last < 0:
+    raise ExportError(f"average_last must be an integer >= 0, got {average_last!r}")
+  if average_last > 1 and which == "best":
+    raise ExportError("average_last averages the newest steps of checkpoints/; "
+                      "it cannot be combined with which='best'")
+  out = paths.as_path(out)
+  if out.exists():
+    raise ExportError(f"{out} exists already; exports are written to a new folder")
+  if average_last > 1:
+    directory, steps = ckpt_lib.find_checkpoint(workdir, None, "latest")
+    if len(steps) < average_last:
+      raise ExportError(f"average_last={average_last} but {directory} holds {len(steps)} "
+                        f"step(s) {sorted(steps)}; train with keep_checkpoints >= {average_last}")
+    steps = sorted(steps[:average_last])
+    loaded = [ckpt_lib.load_for_inference(workdir, s, "latest") for s in steps]
+    params = average_params([p for _, p, _ in loaded])
+    step, meta = steps[-1], loaded[-1][2]
+    metrics = {}  # averaged parameters were never evaluated by the run
+  else:
+    step, params, meta = ckpt_lib.load_for_inference(workdir, None, which)
+    steps = [step]
+    metrics = _final_metrics(workdir, step)
+  if dtype != "float32":
+    params = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.dtype(dtype)), params)
+  record = {
+      "format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
+      "source": {"workdir": os.fspath(workdir), "which": which, "steps": steps,
+                 "averaged": len(steps) > 1},
+      "dtype": dtype, "metrics": metrics, "versions": versions(),
+      **{k: meta[k] for k in ("experiment", "model_config", "tokenizers", "buckets")
+         if k in meta},
+  }
+  out.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(out / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()  # the manifest below must see every file
+  paths.write_text(out / META_FILE, json.dumps(record, indent=1, sort_keys=True))
+  paths.write_text(out / MANIFEST_FILE, json.dumps(_manifest(out), indent=1, sort_keys=True))
+  return record
+
+
+def load_export(path: str | os.PathLike, verify: bool = True) -> tuple[int, dict, dict]:
+  """(step, params as numpy, meta) of an export; `verify` checks every file
+  against the manifest first (`ExportError` names the first that differs)."""
+  path = paths.as_path(path)
+  paths.refresh(path)
+  try:
+    meta = json.loads(paths.read_text(path / META_FILE))
+  except (OSError, ValueError) as e:
+    raise ExportError(f"{path / META_FILE} cannot be read: {e}") from None
+  if meta.get("format") != FORMAT:
+    raise ExportError(f"{path} is not a flax_attn export (format {meta.get('format')!r})")
+  if meta.get("format_version", 0) > FORMAT_VERSION:
+    raise ExportError(f"{path} is export format {meta['format_version']}; this flax_attn "
+                      f"reads up to {FORMAT_VERSION}: upgrade flax_attn")
+  if verify:
+    try:
+      want = json.loads(paths.read_text(path / MANIFEST_FILE))
+    except (OSError, ValueError) as e:
+      raise ExportError(f"{path / MANIFEST_FILE} cannot be read: {e}") from None
+    have = _manifest(path)
+    for rel in sorted(set(want) | set(have)):
+      if want.get(rel) != have.get(rel):
+        what = ("is missing" if rel not in have else "is not in the manifest"
+                if rel not in want else "does not match its checksum")
+        raise ExportError(f"{path / rel} {what}: the export is incomplete or was changed")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(path / PARAMS_DIR)
+  params = jax.tree.map(np.asarray, params)
+  return int(meta["step"]), params, meta
