@@ -159,6 +159,8 @@ def _parse_flags(argv):
 
 def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
+  from flax_attn import compilation_cache
+  compilation_cache.enable()  # FLAX_ATTN_COMPILATION_CACHE=off to disable
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)

@@ -73,6 +73,8 @@ def main(argv):
   faulthandler.register(signal.SIGUSR1, all_threads=True)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
   del argv
+  from flax_attn import compilation_cache
+  compilation_cache.enable()  # FLAX_ATTN_COMPILATION_CACHE=off to disable
   logging.getLogger().setLevel(logging.WARNING)
   config = FLAGS.config
   with config.unlocked():
@@ -92,6 +94,9 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   import json
+
+  from flax_attn.stopwatch import Stopwatch
+  print(Stopwatch.describe(result["time"]), file=sys.stderr)
   print(json.dumps({k: v for k, v in result.items()}, default=str))
 
 

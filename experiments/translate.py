@@ -99,6 +99,8 @@ def _translate_batch(translator, decode, lines: list[str], first_number: int) ->
 def main(argv):
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
+  from flax_attn import compilation_cache
+  compilation_cache.enable()  # FLAX_ATTN_COMPILATION_CACHE=off to disable
   _check_flags()
   from flax_attn import Translator
   from flax_attn import lines as lines_lib

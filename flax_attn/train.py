@@ -28,6 +28,7 @@ redone first).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -54,6 +55,7 @@ from flax_attn.metrics_log import MetricsLog
 from flax_attn.model import Seq2Seq
 from flax_attn.optimizer import Plateau, make_optimizer, schedule
 from flax_attn.preemption import Preempted, Preemption
+from flax_attn.stopwatch import Stopwatch
 
 
 @flax.struct.dataclass
@@ -251,7 +253,8 @@ def _data_position(config, batches: TrainBatches, meta: dict | None, step: int) 
   return {"start_step": step, "start_index": new_index, **plan}
 
 
-def build_setup(config, splits: dict, meta: dict | None = None, step: int = 0) -> Setup:
+def build_setup(config, splits: dict, meta: dict | None = None, step: int = 0,
+                watch: Stopwatch | None = None) -> Setup:
   """Tokenizers, encoded splits, buckets, batch plan and optimizer for a
   fresh run (`meta` None) or for continuing checkpoint `meta` at `step`.
 
@@ -262,7 +265,8 @@ def build_setup(config, splits: dict, meta: dict | None = None, step: int = 0) -
     src_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["src"])
     trg_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["trg"])
   else:
-    src_tok, trg_tok = experiment.fit_tokenizers(config, splits["train"])
+    with watch("tokenizers") if watch else contextlib.nullcontext():
+      src_tok, trg_tok = experiment.fit_tokenizers(config, splits["train"])
   model_config = experiment.model_config(config, src_tok.vocab_size, trg_tok.vocab_size)
   if meta is not None:
     fixed, _ = experiment.model_changes(meta.get("model_config", {}), model_config)
@@ -297,14 +301,14 @@ def _log_resume_changes(config, meta: dict, setup: Setup) -> None:
     logging.warning("kept from the checkpoint (these settings are ignored): %s", "; ".join(ignored))
 
 
-def restore_or_create(config, splits: dict, ckpts: ckpt_lib.Checkpoints
-                      ) -> tuple[Setup, TrainState, dict | None]:
+def restore_or_create(config, splits: dict, ckpts: ckpt_lib.Checkpoints,
+                      watch: Stopwatch | None = None) -> tuple[Setup, TrainState, dict | None]:
   """The latest restorable checkpoint (with its setup), or a fresh start
   when the workdir has no checkpoint. Returns (setup, state, meta or None)."""
   built: dict[int, Setup] = {}
 
   def abstract_state_for(step: int, meta: dict):
-    built[step] = build_setup(config, splits, meta, step)
+    built[step] = build_setup(config, splits, meta, step, watch)
     s = built[step]
     return jax.eval_shape(lambda: create_train_state(s.model_config, s.tx, config.seed))
 
@@ -313,7 +317,7 @@ def restore_or_create(config, splits: dict, ckpts: ckpt_lib.Checkpoints
   except ckpt_lib.IncompatibleCheckpoint as e:
     raise ckpt_lib.IncompatibleCheckpoint(str(e) + _optimizer_change(config, e.meta)) from None
   if restored is None:
-    setup = build_setup(config, splits)
+    setup = build_setup(config, splits, watch=watch)
     return setup, create_train_state(setup.model_config, setup.tx, config.seed), None
   step, state, meta = restored
   setup = built[step]
@@ -398,10 +402,12 @@ def evaluate_split(config, params, translator, split, src_ids, trg_ids, buckets,
 class Run:
   """One training run's moving parts; `train_and_evaluate` reads as its story."""
 
-  def __init__(self, config, workdir, splits, ckpts, setup, state, meta, preemption):
+  def __init__(self, config, workdir, splits, ckpts, setup, state, meta, preemption,
+               watch: Stopwatch):
     self.config, self.workdir, self.splits, self.ckpts = config, workdir, splits, ckpts
     self.s, self.meta, self.preemption = setup, meta, preemption
     self.is_main = parallel.is_main_process()
+    self.watch = watch
     self.decode = DecodeConfig.from_experiment(config)  # the final evaluation's settings
     self.step = int(state.step)
     self.last_saved = self.step if meta is not None else None
@@ -437,10 +443,11 @@ class Run:
             "pending_eval": pending_eval}
 
   def save(self, val: dict | None = None, pending_eval: bool = False) -> None:
-    metrics = {f"val_{k}": v for k, v in (val or {}).items() if isinstance(v, float)}
-    state = jax.device_get(parallel.first_copy(self.rstate))
-    self.ckpts.save(self.step, state, self.meta_record(pending_eval), metrics=metrics or None)
-    self.last_saved = self.step
+    with self.watch("checkpoint"):
+      metrics = {f"val_{k}": v for k, v in (val or {}).items() if isinstance(v, float)}
+      state = jax.device_get(parallel.first_copy(self.rstate))
+      self.ckpts.save(self.step, state, self.meta_record(pending_eval), metrics=metrics or None)
+      self.last_saved = self.step
 
   def train_until(self, stop_at: int, bar) -> None:
     """Steps until `stop_at`, at most `STEPS_IN_FLIGHT` ahead of the
@@ -449,12 +456,16 @@ class Run:
       self.preemption.check()
       batch = next(self.data)
       before = self.counter.count
+      called = time.perf_counter()
       self.rstate, self.acc = self.p_train(self.rstate, self.acc, batch)
+      called = time.perf_counter() - called  # the dispatch, or the compilation and dispatch
       self.in_flight.append(self.acc["steps"])
       while len(self.in_flight) > STEPS_IN_FLIGHT:
         self.in_flight.popleft().block_until_ready()
       if self.counter.count > before:  # this call compiled the step (a new batch width)
         width = batch["src"].shape[-1]
+        self.watch.compile_by_width[width] += called
+        self.watch.add("compile_train_step", called)
         self.train_compiles += 1
         self.recompiles += width in self.compiled_widths
         self.compiled_widths.add(width)
@@ -519,7 +530,8 @@ class Run:
   def evaluate_and_save(self) -> None:
     """The periodic validation (with reduce-on-plateau) and its checkpoint."""
     try:
-      val = self.evaluate("val")
+      with self.watch("eval"):
+        val = self.evaluate("val")
     except Preempted:
       self.save(pending_eval=True)
       raise
@@ -530,18 +542,21 @@ class Run:
 
   def final_outputs(self) -> dict:
     final = {}
-    for split_name in self.config.final_eval_splits:
-      if split_name in self.splits:
-        final[split_name] = self.evaluate(split_name, final=True)
+    with self.watch("final_eval"):
+      for split_name in self.config.final_eval_splits:
+        if split_name in self.splits:
+          final[split_name] = self.evaluate(split_name, final=True)
+    with self.watch("figures"):
+      if self.is_main:
+        from flax_attn import plot
+        plot.training_curves(self.log.rows, self.workdir / "curves.png")
+        if self.config.get("heatmap_example"):
+          src_tokens, trg_tokens, weights = self.translator().attention(
+              self.config.heatmap_example)
+          plot.attention_heatmap(src_tokens, trg_tokens, weights, self.workdir / "attention.png")
     self.log.write({"step": self.step, "split": "summary", "final": True,
                     "train_compiles": self.train_compiles, "recompiles": self.recompiles,
-                    "buckets": list(self.s.buckets)})
-    if self.is_main:
-      from flax_attn import plot
-      plot.training_curves(self.log.rows, self.workdir / "curves.png")
-      if self.config.get("heatmap_example"):
-        src_tokens, trg_tokens, weights = self.translator().attention(self.config.heatmap_example)
-        plot.attention_heatmap(src_tokens, trg_tokens, weights, self.workdir / "attention.png")
+                    "buckets": list(self.s.buckets), "time": self.watch.summary()})
     return final
 
   def next_stop(self) -> int:
@@ -570,7 +585,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   experiment.validate_config(config, parallel.device_count(), jax.process_count())
   workdir = paths.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  splits = experiment.load_task(config)
+  watch = Stopwatch()
+  with watch("data"):
+    splits = experiment.load_task(config)
   bad = [s for s in config.final_eval_splits if s not in splits]
   if bad:
     raise ValueError(f"config: final_eval_splits {bad} are not splits of {config.task} "
@@ -578,10 +595,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metric_name, metric_mode = experiment.best_metric(config)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                best_metric=f"val_{metric_name}", best_mode=metric_mode)
-  setup, state, meta = restore_or_create(config, splits, ckpts)
+  with watch("setup"):
+    setup, state, meta = restore_or_create(config, splits, ckpts, watch)
 
   with Preemption() as preemption:
-    run = Run(config, workdir, splits, ckpts, setup, state, meta, preemption)
+    run = Run(config, workdir, splits, ckpts, setup, state, meta, preemption, watch)
     del state
     bar = tqdm.tqdm(total=setup.total_steps, initial=run.step, dynamic_ncols=True,
                     disable=not run.is_main or not config.progress_bar)
@@ -589,8 +607,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if meta is not None and meta.get("pending_eval"):
         run.evaluate_and_save()  # the evaluation a signal interrupted
       while run.step < setup.total_steps:
-        run.train_until(run.next_stop(), bar)
-        run.fetch_and_log(bar)
+        with watch("train_steps"):
+          run.train_until(run.next_stop(), bar)
+          run.fetch_and_log(bar)
         if run.step % config.eval_every_steps == 0 or run.step == setup.total_steps:
           run.evaluate_and_save()
         elif run.step % config.checkpoint_every_steps == 0:
@@ -605,5 +624,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
       bar.close()
       ckpts.wait()
   ckpts.close()
-  return {**final, "train_compiles": run.train_compiles, "recompiles": run.recompiles,
+  return {**final, "time": watch.summary(), "train_compiles": run.train_compiles, "recompiles": run.recompiles,
           "buckets": list(setup.buckets), "step": run.step}

@@ -10,7 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The repo first, then whatever PYTHONPATH the tests were given (dependencies
 # installed with `pip --target`, say, as on a machine with no pip install -e).
-ENV = {**os.environ, "XLA_FLAGS": "",
+# Child processes compile for themselves (FLAX_ATTN_COMPILATION_CACHE=off): a
+# test of compile counts or timings must not depend on what ran before it.
+ENV = {**os.environ, "XLA_FLAGS": "", "FLAX_ATTN_COMPILATION_CACHE": "off",
        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 # How long a child process may take before a test calls it hung. Generous on
 # purpose: a CI machine has run this suite 4x slower than a development one

@@ -89,3 +89,33 @@ def test_multi30k_tiny_and_cli(tmp_path):
 def test_reverse_tiny(tmp_path):
   result = _train("reverse", tmp_path)
   assert "exact_match" in result["test"]
+
+
+def test_a_second_run_loads_its_compiled_steps_from_the_cache(tmp_path):
+  """train.py keeps compiled steps in JAX's persistent cache (on by default in
+  the CLIs): the same run again, in a fresh process, compiles its train step
+  in a fraction of the time. `off` leaves the folder empty."""
+  import os
+  cache = tmp_path / "cache"
+  env = {**ENV, "FLAX_ATTN_COMPILATION_CACHE": str(cache)}
+  times = []
+  for i in range(2):
+    p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
+                        f"--config={REPO}/experiments/configs/dates.py:tiny",
+                        f"--workdir={tmp_path / f'run{i}'}"],
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "time: " in p.stderr  # the breakdown, printed for people
+    times.append(json.loads(p.stdout.strip().splitlines()[-1])["time"]["compile_train_step"])
+    if i == 0:
+      assert any(cache.iterdir())
+  assert times[1] < 0.5 * times[0], times
+  off = tmp_path / "off"
+  p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
+                      f"--config={REPO}/experiments/configs/dates.py:tiny",
+                      f"--workdir={tmp_path / 'run_off'}"],
+                     env={**ENV, "FLAX_ATTN_COMPILATION_CACHE": "off",
+                          "XDG_CACHE_HOME": str(off)},
+                     capture_output=True, text=True, timeout=TIMEOUT)
+  assert p.returncode == 0 and not (off / "flax_attn").exists()
+  assert "JAX_COMPILATION_CACHE_DIR" not in os.environ

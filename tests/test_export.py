@@ -10,18 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from _runs import DATES_40, ENV, REPO, TIMEOUT, run, train_cmd
+from _runs import ENV, REPO, TIMEOUT
 from flax_attn import checkpoint as ckpt_lib
 from flax_attn import export
 from flax_attn.translator import Translator
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """dates:tiny, 40 steps, a checkpoint every 10, all 4 kept."""
-  w = tmp_path_factory.mktemp("dates_export")
-  run(train_cmd(w, *DATES_40, "--config.keep_checkpoints=4"))
-  return w
+def workdir(dates_run):
+  """dates:tiny, 40 steps, a checkpoint every 10, the newest 3 kept (conftest)."""
+  return dates_run
 
 
 def _cli(script, *args):
@@ -68,8 +66,8 @@ def test_average_is_the_elementwise_mean_of_the_last_k_steps(workdir, tmp_path):
   for a, *xs in zip(jax.tree.leaves(avg), *map(jax.tree.leaves, trees)):
     np.testing.assert_allclose(a, (xs[0].astype(np.float64) + xs[1] + xs[2]) / 3, rtol=1e-6)
     assert not np.array_equal(a, xs[-1])
-  with pytest.raises(export.ExportError, match="holds 4 step"):
-    export.export(workdir, tmp_path / "too_many", average_last=5)
+  with pytest.raises(export.ExportError, match="holds 3 step"):
+    export.export(workdir, tmp_path / "too_many", average_last=4)
 
 
 def test_bfloat16_export_decodes_in_bfloat16(workdir, tmp_path):

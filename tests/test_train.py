@@ -142,6 +142,23 @@ def test_tiny_run_writes_everything(dates_run):
     t.translate(["a", None])
 
 
+def test_the_run_reports_where_its_time_went(dates_run):
+  """metrics.jsonl's summary row splits the run's wall time into phases that
+  add up to the total, with the train step's compile time per bucket width."""
+  import json
+  rows = [json.loads(x) for x in (dates_run / "metrics.jsonl").read_text().splitlines()]
+  summary = [r for r in rows if r.get("split") == "summary"][-1]
+  t = summary["time"]
+  assert {"data", "tokenizers", "setup", "compile_train_step", "train_steps", "eval",
+          "checkpoint", "final_eval", "figures", "other", "total"} <= set(t)
+  phases = {k: v for k, v in t.items() if k not in ("total", "compile_by_width")}
+  assert abs(sum(phases.values()) - t["total"]) < 0.1
+  assert all(v >= 0 for k, v in phases.items() if k != "other") and t["train_steps"] > 0
+  widths = t["compile_by_width"]
+  assert len(widths) == summary["train_compiles"] and set(map(int, widths)) <= set(summary["buckets"])
+  assert sum(widths.values()) == pytest.approx(t["compile_train_step"], abs=0.05)
+
+
 def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
   wd = tmp_path / "killed"
   cmd = train_cmd(wd, *DATES_40)
