@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import flax
@@ -41,6 +41,7 @@ import numpy as np
 
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.model import Seq2Seq, check_inputs
+from flax_attn.parallel import varying_like
 
 # Log probability and score of an empty slot (a live beam that does not exist
 # yet, a finished slot not yet filled). Never fed to a softmax; it only meets
@@ -104,12 +105,12 @@ def length_penalty(length: jax.Array, alpha: jax.Array) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _gather(tree, index_BxK: jax.Array):
+def _gather(tree: Any, index_BxK: jax.Array) -> Any:
   """Picks entries along axis 1 of every `[B, M, ...]` leaf: `[B, K, ...]`."""
   return jax.tree.map(lambda x: jax.vmap(lambda row, i: row[i])(x, index_BxK), tree)
 
 
-def _where_rows(keep_B: jax.Array, new, old):
+def _where_rows(keep_B: jax.Array, new: Any, old: Any) -> Any:
   """Per sentence: `new` where `keep_B`, else `old`, for every `[B, ...]` leaf;
   scalar leaves come from `new`."""
   def pick(n, o):
@@ -196,7 +197,9 @@ def _beam_search(config: Seq2SeqConfig, params, src_BxS: jax.Array, src_lengths_
     # A sentence past its limit keeps its state (the batch runs on).
     return _where_rows(i < limits_B, new, state)
 
-  init = BeamState(
+  # Built from constants but typed like the encoder's outputs, so that under
+  # `shard_map` every carry has the same type going into the loop and out.
+  init = varying_like(BeamState(
       step=jnp.array(0, jnp.int32),
       live_seqs=jnp.full((batch, K, L), config.pad_id, jnp.int32),
       live_log_probs=jnp.tile(jnp.array([0.0] + [NEG_INF] * (K - 1), jnp.float32), (batch, 1)),
@@ -207,7 +210,7 @@ def _beam_search(config: Seq2SeqConfig, params, src_BxS: jax.Array, src_lengths_
       finished_log_probs=jnp.full((batch, N), NEG_INF, jnp.float32),
       finished_lengths=jnp.zeros((batch, N), jnp.int32),
       finished_attention=jnp.zeros((batch, N, L, src_len), jnp.float32),
-      finished_flags=jnp.zeros((batch, N), bool))
+      finished_flags=jnp.zeros((batch, N), bool)), s0_BxH, cache)
   final = jax.lax.while_loop(cond_fn, body_fn, init)
 
   # Finished hypotheses first, then the best live ones (all of one sentence's
@@ -239,12 +242,12 @@ def _beam_search(config: Seq2SeqConfig, params, src_BxS: jax.Array, src_lengths_
   return out
 
 
-def _positive_int(name: str, value) -> None:
+def _positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
     raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def beam_search(config: Seq2SeqConfig, params, src: jax.Array, src_lengths: jax.Array,
+def beam_search(config: Seq2SeqConfig, params: Any, src: jax.Array, src_lengths: jax.Array,
                 beam_size: int = 5, alpha: float = 0.6, max_len_ratio: float = 2.0,
                 max_len_offset: float = 10, max_len: int | None = None,
                 n_best: int = 1) -> BeamOutput:
@@ -266,6 +269,14 @@ def beam_search(config: Seq2SeqConfig, params, src: jax.Array, src_lengths: jax.
   Returns:
     `BeamOutput` with tokens `[batch, n_best, L]`, lengths, scores and
     log_probs `[batch, n_best]` and attention `[batch, n_best, L, src_len]`.
+
+  Raises:
+    ValueError: bad options or malformed inputs (`model.check_inputs`); source
+      ids outside the vocabulary and bad lengths only when concrete. It also
+      runs inside `jax.jit`, `pmap` and `jax.shard_map` (a data-parallel
+      batch: `src` and `src_lengths` split over the mesh, `params`
+      replicated; each device stops when its own sentences are done),
+      unchecked there.
   """
   _positive_int("beam_size", beam_size)
   _positive_int("n_best", n_best)
@@ -277,7 +288,7 @@ def beam_search(config: Seq2SeqConfig, params, src: jax.Array, src_lengths: jax.
     raise ValueError(f"max_len_ratio must be >= 0, got {max_len_ratio!r}")
   src = jnp.asarray(src)
   src_lengths = jnp.asarray(src_lengths)
-  check_inputs(src, src_lengths)
+  check_inputs(src, src_lengths, config=config)
   src_len = src.shape[1]
   per_length = [math.ceil(max_len_ratio * n + max_len_offset) for n in range(src_len + 1)]
   if max_len is None:

@@ -6,7 +6,12 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import DTypeLike
 
+
+# The dtypes the modules compute and store parameters in, by name.
+DTYPES = ("float32", "bfloat16", "float16")
 
 # The dropout rates, each in [0, 1) (validated here and in experiment.validate_config).
 DROPOUT_FIELDS = ("dropout", "out_dropout", "memory_dropout")
@@ -23,8 +28,9 @@ class Seq2SeqConfig:
   Attributes:
     src_vocab_size: source vocabulary size (rows of the encoder embedding).
     trg_vocab_size: target vocabulary size (logits per position).
-    pad_id, bos_id, eos_id: special token ids (the tutorial's torchtext order
-      is unk=0, pad=1, bos=2, eos=3).
+    pad_id, bos_id, eos_id: special token ids, three different ids in both
+      vocabularies (the tutorial's torchtext order is unk=0, pad=1, bos=2,
+      eos=3).
     emb_dim: embedding size of both sides.
     enc_hidden: hidden size of each encoder GRU direction; the attention
       memory has `2 * enc_hidden` features.
@@ -42,9 +48,11 @@ class Seq2SeqConfig:
     init_std: standard deviation of the normal init of every weight matrix
       (the tutorial's `init_weights` uses 0.01, biases 0); `None` uses the
       usual Glorot-uniform init instead.
-    dtype: computation dtype ("float32" or "bfloat16"); softmax and the
-      recurrent state stay float32.
-    param_dtype: dtype of the parameters.
+    dtype: computation dtype, "float32", "bfloat16" or "float16", given as
+      that name or as the dtype (`jnp.bfloat16`, `np.dtype("float16")`);
+      stored as the name, so the config stays hashable and JSON-ready.
+      Softmax and the recurrent state stay float32.
+    param_dtype: dtype of the parameters (same forms as `dtype`).
     scan_unroll: `unroll` argument of the recurrent scans.
   """
 
@@ -62,11 +70,13 @@ class Seq2SeqConfig:
   memory_dropout: float = 0.0
   enc_layers: int = 1
   init_std: float | None = 0.01
-  dtype: str = "float32"
-  param_dtype: str = "float32"
+  dtype: str | DTypeLike = "float32"        # stored as the name
+  param_dtype: str | DTypeLike = "float32"
   scan_unroll: int = 1
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
+    for name in ("dtype", "param_dtype"):
+      object.__setattr__(self, name, _dtype_name(name, getattr(self, name)))
     for name in ("src_vocab_size", "trg_vocab_size", "emb_dim", "enc_hidden",
                  "dec_hidden", "enc_layers", "scan_unroll"):
       value = getattr(self, name)
@@ -77,14 +87,16 @@ class Seq2SeqConfig:
     for name in DROPOUT_FIELDS:
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"Seq2SeqConfig.{name} must be float32, bfloat16 or float16, "
-                         f"got {getattr(self, name)!r}")
     for name in ("pad_id", "bos_id", "eos_id"):
       value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"Seq2SeqConfig.{name} must be an int, got {value!r}")
+      object.__setattr__(self, name, value := int(value))
       if not 0 <= value < min(self.src_vocab_size, self.trg_vocab_size):
         raise ValueError(f"Seq2SeqConfig.{name}={value} is outside the vocabularies")
+    if len({self.pad_id, self.bos_id, self.eos_id}) < 3:
+      raise ValueError(f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ, got "
+                       f"pad_id={self.pad_id} bos_id={self.bos_id} eos_id={self.eos_id}")
 
   @property
   def attention_dim(self) -> int:
@@ -95,11 +107,13 @@ class Seq2SeqConfig:
     return 2 * self.enc_hidden
 
   @property
-  def compute_dtype(self) -> Any:
+  def compute_dtype(self) -> np.dtype:
+    """`dtype` as a numpy/jnp dtype."""
     return jnp.dtype(self.dtype)
 
   @property
-  def params_dtype(self) -> Any:
+  def params_dtype(self) -> np.dtype:
+    """`param_dtype` as a numpy/jnp dtype."""
     return jnp.dtype(self.param_dtype)
 
   def to_dict(self) -> dict[str, Any]:
@@ -112,3 +126,15 @@ class Seq2SeqConfig:
     if unknown:
       raise ValueError(f"unknown Seq2SeqConfig fields: {unknown}")
     return cls(**d)
+
+
+def _dtype_name(field: str, value: Any) -> str:
+  """"bfloat16", jnp.bfloat16, np.dtype("bfloat16") -> "bfloat16"; other dtypes raise."""
+  try:
+    name = jnp.dtype(value).name
+  except TypeError:
+    name = None
+  if name not in DTYPES:
+    raise ValueError(f"Seq2SeqConfig.{field} must be one of {', '.join(DTYPES)} (a name or "
+                     f"a dtype such as jnp.bfloat16), got {value!r}")
+  return name

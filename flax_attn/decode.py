@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.model import Seq2Seq, check_inputs
+from flax_attn.parallel import varying_like
 
 
 class DecodeOutput(NamedTuple):
@@ -45,13 +46,14 @@ def _greedy(config: Seq2SeqConfig, params, src, src_lengths, max_len: int) -> De
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return (s, token), (token, attn)
 
-  bos = jnp.full((src.shape[0],), config.bos_id, jnp.int32)
+  # The carry's type follows the inputs (shard_map checks it is the same in and out).
+  bos = varying_like(jnp.full((src.shape[0],), config.bos_id, jnp.int32), s0, cache)
   _, (tokens_LxB, attn_LxBxS) = jax.lax.scan(step, (s0, bos), None, length=max_len,
                                              unroll=config.scan_unroll)
   return finish(config, tokens_LxB.T, attn_LxBxS.transpose(1, 0, 2))
 
 
-def greedy_decode(config: Seq2SeqConfig, params, src: jax.Array, src_lengths: jax.Array,
+def greedy_decode(config: Seq2SeqConfig, params: Any, src: jax.Array, src_lengths: jax.Array,
                   max_len: int) -> DecodeOutput:
   """Greedy decoding of a padded batch, `max_len` steps (jit-compiled).
 
@@ -63,10 +65,16 @@ def greedy_decode(config: Seq2SeqConfig, params, src: jax.Array, src_lengths: ja
 
   Returns:
     `DecodeOutput(tokens, lengths, attention)`.
+
+  Raises:
+    ValueError: malformed inputs (`model.check_inputs`); source ids outside
+      the vocabulary and bad lengths only when concrete. It also runs inside
+      `jax.jit`, `pmap` and `jax.shard_map` (a data-parallel batch: `src` and
+      `src_lengths` split over the mesh, `params` replicated), unchecked there.
   """
   if not isinstance(max_len, int) or max_len < 1:
     raise ValueError(f"max_len must be a positive int, got {max_len!r}")
   src = jnp.asarray(src)
   src_lengths = jnp.asarray(src_lengths)
-  check_inputs(src, src_lengths)
+  check_inputs(src, src_lengths, config=config)
   return _greedy(config, params, src.astype(jnp.int32), src_lengths.astype(jnp.int32), max_len)

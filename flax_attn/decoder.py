@@ -30,6 +30,22 @@ from flax_attn.deferred import defer_weight_grads
 from flax_attn.gru import GRUCell, dense, gru_update, weight_init
 
 
+def static_ratio(teacher_forcing: Any) -> float:
+  """`teacher_forcing` as a Python float in [0, 1]; it picks the code path
+  (hoisted teacher forcing, free running or scheduled sampling) when
+  tracing, so it must be static: a traced value raises `TypeError`."""
+  if isinstance(teacher_forcing, jax.core.Tracer):
+    raise TypeError("teacher_forcing must be a static Python float, not a traced value: pass "
+                    "a number (bind it with functools.partial or mark it static in jax.jit)")
+  try:
+    value = float(teacher_forcing)
+  except TypeError:
+    raise TypeError(f"teacher_forcing must be a float in [0, 1], got {teacher_forcing!r}") from None
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing!r}")
+  return value
+
+
 class DecoderCache(NamedTuple):
   """Per-sentence tensors the decoder reuses at every step.
 
@@ -169,7 +185,7 @@ class Decoder(nn.Module):
 
   config: Seq2SeqConfig
 
-  def setup(self):
+  def setup(self) -> None:
     cfg = self.config
     init = weight_init(cfg.init_std)
     self.embedding = nn.Embed(cfg.trg_vocab_size, cfg.emb_dim, embedding_init=init,
@@ -215,7 +231,8 @@ class Decoder(nn.Module):
     return DecoderCache(memory=memory_BxSxM, keys=self.attention.project_keys(memory_BxSxM),
                         bias=mask_bias(mask_BxS))
 
-  def step(self, s_BxH: jax.Array, token_B: jax.Array, cache: DecoderCache):
+  def step(self, s_BxH: jax.Array, token_B: jax.Array, cache: DecoderCache
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One inference step (no dropout): returns (s', logits `[batch, trg_vocab]`,
     attention weights `[batch, src_len]`)."""
     w = self._weights()
@@ -223,7 +240,8 @@ class Decoder(nn.Module):
     return _full_step(w, cache, s_BxH, emb, self.config.compute_dtype)
 
   def teacher_forced_features(self, s0_BxH: jax.Array, cache: DecoderCache,
-                              trg_in_BxT: jax.Array, train: bool = False):
+                              trg_in_BxT: jax.Array, train: bool = False
+                              ) -> tuple[jax.Array, jax.Array]:
     """Full teacher forcing up to the output projection: returns the
     projection's inputs `[s'; context; emb]`, `[batch, trg_len, dec_hidden +
     2*enc_hidden + emb]` float32, and the attention `[batch, trg_len, src_len]`.
@@ -248,7 +266,8 @@ class Decoder(nn.Module):
     return features, a_TxBxS.transpose(1, 0, 2)
 
   def __call__(self, s0_BxH: jax.Array, cache: DecoderCache, trg_in_BxT: jax.Array,
-               train: bool = False, teacher_forcing: float = 1.0):
+               train: bool = False, teacher_forcing: float = 1.0
+               ) -> tuple[jax.Array, jax.Array]:
     """Runs the decoder over a target prefix batch.
 
     Args:
@@ -259,12 +278,15 @@ class Decoder(nn.Module):
       teacher_forcing: probability of feeding the true previous token at each
         step and row (1: always, the hoisted fast path; 0: free running, the
         model's own argmax; in between: scheduled sampling with coins from
-        the "dropout" RNG stream). Position 0 always gets `trg_in[:, 0]`.
+        the "dropout" RNG stream). Position 0 always gets `trg_in[:, 0]`. A
+        static Python float in [0, 1] (it chooses the code path when tracing):
+        a traced value raises `TypeError`, one outside [0, 1] `ValueError`.
 
     Returns:
       logits `[batch, trg_len, trg_vocab]` (float32) and attention weights
       `[batch, trg_len, src_len]`.
     """
+    teacher_forcing = static_ratio(teacher_forcing)
     cfg = self.config
     batch, trg_len = trg_in_BxT.shape
     dtype = cfg.compute_dtype

@@ -8,6 +8,9 @@ backward pass returns `dz_t = dy_t` as a stacked output (no accumulation) and
 the weight gradient becomes one large matmul after the scan:
 `dW = sum_t x_t^T dz_t`. Values and gradients are unchanged.
 
+Under `jax.shard_map` the offsets vary like the inputs, and the gradient of
+a replicated weight is summed over the devices, as plain autodiff's is.
+
 `with disabled():` traces these scans as plain autodiff instead (the weights
 differentiated inside the scan), the reference the tests compare against.
 """
@@ -20,6 +23,8 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+
+from flax_attn.parallel import cotangent_of, varying_like
 
 _ENABLED = True
 
@@ -67,13 +72,16 @@ def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
     args (plain autodiff of `run` when traced under `disabled()`).
   """
 
+  def zeros(weights, z_shapes, args):
+    # Varying like the inputs under shard_map: each device's `dz` is its own.
+    return varying_like(tuple(jnp.zeros(s, jnp.float32) for s in z_shapes), weights, args)
+
   @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
   def f(weights, z_shapes, *args):
-    zs = tuple(jnp.zeros(s, jnp.float32) for s in z_shapes)
-    return run(weights, zs, *args)
+    return run(weights, zeros(weights, z_shapes, args), *args)
 
   def fwd(weights, z_shapes, *args):
-    zs = tuple(jnp.zeros(s, jnp.float32) for s in z_shapes)
+    zs = zeros(weights, z_shapes, args)
     frozen = tuple(jax.lax.stop_gradient(w) for w in weights)
     outputs, vjp_fn = jax.vjp(lambda zs, *a: run(frozen, zs, *a), zs, *args)
     return outputs, (vjp_fn, outputs, args, weights)
@@ -83,7 +91,8 @@ def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
     vjp_fn, outputs, args, weights = res
     dzs, *dargs = vjp_fn(g)
     xs = inputs_of(outputs, *args)
-    dweights = tuple(weight_grad(x, dz, w) for x, dz, w in zip(xs, dzs, weights))
+    dweights = tuple(cotangent_of(w, weight_grad(x, dz, w))
+                     for x, dz, w in zip(xs, dzs, weights))
     return (dweights, *dargs)
 
   f.defvjp(fwd, bwd)
@@ -91,6 +100,7 @@ def defer_weight_grads(run: Callable, inputs_of: Callable) -> Callable:
   def call(weights, z_shapes, *args):
     if _ENABLED:
       return f(weights, z_shapes, *args)
-    return run(weights, tuple(jnp.zeros(s, jnp.float32) for s in z_shapes), *args)
+    return run(weights, zeros(weights, z_shapes, args), *args)
 
   return call
+

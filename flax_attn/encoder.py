@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.deferred import defer_weight_grads
 from flax_attn.gru import GRUCell, gru_update, weight_init
+from flax_attn.parallel import varying_like
 
 
 def reverse_within_lengths(x_SxBx: jax.Array, lengths_B: jax.Array) -> jax.Array:
@@ -47,7 +48,9 @@ def _bigru_run(dtype, unroll, weights, zs, b_hh_2x1x3H, gi_f_SxBx3H, gi_b_SxBx3H
     return h_new, (h_new[0], h_new[1])
 
   src_len, batch, h3 = gi_f_SxBx3H.shape
-  h0 = jnp.zeros((2, batch, h3 // 3), jnp.float32)
+  # Typed like the inputs, so the carry's type is the same in and out under shard_map.
+  h0 = varying_like(jnp.zeros((2, batch, h3 // 3), jnp.float32),
+                    (weights, zs, b_hh_2x1x3H, gi_f_SxBx3H, gi_b_SxBx3H, mask_SxB))
   return jax.lax.scan(step, h0, (gi_f_SxBx3H, gi_b_SxBx3H, mask_SxB, z_Sx2xBx3H),
                       unroll=unroll)[1]
 
@@ -79,13 +82,14 @@ class BiGRULayer(nn.Module):
   param_dtype: Any = jnp.float32
   unroll: int = 1
 
-  def setup(self):
+  def setup(self) -> None:
     kw = dict(input_dim=self.input_dim, hidden_dim=self.hidden_dim, init_std=self.init_std,
               dtype=self.dtype, param_dtype=self.param_dtype)
     self.fwd = GRUCell(**kw)
     self.bwd = GRUCell(**kw)
 
-  def __call__(self, x_SxBxD: jax.Array, lengths_B: jax.Array, mask_SxB: jax.Array):
+  def __call__(self, x_SxBxD: jax.Array, lengths_B: jax.Array, mask_SxB: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Time-major in and out: returns outputs `[src_len, batch, 2*hidden]`
     (zero on padding), the forward state at each row's last token and the
     backward state at its first token (both `[batch, hidden]`)."""
@@ -112,7 +116,7 @@ class Encoder(nn.Module):
 
   config: Seq2SeqConfig
 
-  def setup(self):
+  def setup(self) -> None:
     cfg = self.config
     init = weight_init(cfg.init_std)
     self.embedding = nn.Embed(cfg.src_vocab_size, cfg.emb_dim, embedding_init=init,
@@ -127,7 +131,8 @@ class Encoder(nn.Module):
                            param_dtype=cfg.params_dtype, name="bridge")
     self.dropout = nn.Dropout(cfg.dropout)
 
-  def __call__(self, src_BxS: jax.Array, src_lengths_B: jax.Array, train: bool = False):
+  def __call__(self, src_BxS: jax.Array, src_lengths_B: jax.Array, train: bool = False
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Encodes a padded batch.
 
     Args:

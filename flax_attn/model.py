@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import chex
 import flax.linen as nn
 import jax
@@ -17,8 +19,19 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_inputs(src, src_lengths, trg_in=None) -> None:
-  """Raises `ValueError` for malformed inputs (values only where concrete)."""
+def check_inputs(src: jax.Array, src_lengths: jax.Array, trg_in: jax.Array | None = None,
+                 config: Seq2SeqConfig | None = None) -> None:
+  """Raises `ValueError` (one line) for malformed inputs.
+
+  Ranks, dtypes and batch sizes are always checked. Values are checked only
+  where they are concrete (not traced): `src_lengths` in `[1, src_len]` and,
+  given `config`, every id of `src` in `[0, src_vocab_size)` and of `trg_in`
+  in `[0, trg_vocab_size)` (padding included: an out-of-range id embeds as
+  NaN). Under `jax.jit`, `shard_map` or `pmap` the values are tracers and
+  are NOT checked; call this on the host batch before the step, or wrap the
+  step in `jax.experimental.checkify.checkify(step, errors=checkify.index_checks)`
+  (`tests/test_model.py` shows both).
+  """
   for name, x, rank in (("src", src, 2), ("src_lengths", src_lengths, 1), ("trg_in", trg_in, 2)):
     if x is None:
       continue
@@ -37,6 +50,18 @@ def check_inputs(src, src_lengths, trg_in=None) -> None:
     if lengths.size and (lengths.min() < 1 or lengths.max() > src.shape[1]):
       raise ValueError(f"src_lengths must be in [1, {src.shape[1]}] (the padded width), "
                        f"got min {lengths.min()} max {lengths.max()}")
+  if config is None:
+    return
+  for name, x, vocab in (("src", src, config.src_vocab_size),
+                         ("trg_in", trg_in, config.trg_vocab_size)):
+    if x is None or not _is_concrete(x) or not x.size:
+      continue
+    ids = np.asarray(x)
+    lo, hi = ids.min(), ids.max()
+    if lo < 0 or hi >= vocab:
+      bad = ids[(ids < 0) | (ids >= vocab)]
+      raise ValueError(f"{name} holds token ids outside [0, {vocab}) (the vocabulary size): "
+                       f"{bad.size} of them, e.g. {int(bad[0])} (min {lo}, max {hi})")
 
 
 class Seq2Seq(nn.Module):
@@ -51,12 +76,13 @@ class Seq2Seq(nn.Module):
 
   config: Seq2SeqConfig
 
-  def setup(self):
+  def setup(self) -> None:
     self.encoder = Encoder(self.config, name="encoder")
     self.decoder = Decoder(self.config, name="decoder")
     self.memory_dropout = nn.Dropout(self.config.memory_dropout)
 
-  def _encode(self, src, src_lengths, train: bool):
+  def _encode(self, src: jax.Array, src_lengths: jax.Array, train: bool
+              ) -> tuple[jax.Array, DecoderCache]:
     """`(s0, cache)`; in training `memory_dropout` drops entries of the
     encoder states `h_j` (after the bridge has read them to make `s0`), so
     the keys and every context see the same dropped memory."""
@@ -74,12 +100,17 @@ class Seq2Seq(nn.Module):
       trg_in: `[batch, trg_len]` int32 decoder inputs (`bos_id` first); logits
         at position t predict the token after `trg_in[:, t]`.
       train: dropout on (needs a "dropout" RNG).
-      teacher_forcing: see `Decoder.__call__` (the tutorial trains with 0.5).
+      teacher_forcing: a static Python float in [0, 1], see `Decoder.__call__`
+        (the tutorial trains with 0.5); a traced value raises `TypeError`.
 
     Returns:
       float32 logits `[batch, trg_len, trg_vocab]` (no softmax).
+
+    Raises:
+      ValueError: malformed inputs, see `check_inputs` (ids and lengths are
+        checked only when concrete, not under `jit`).
     """
-    check_inputs(src, src_lengths, trg_in)
+    check_inputs(src, src_lengths, trg_in, self.config)
     s0, cache = self._encode(src, src_lengths, train)
     logits, attn = self.decoder(s0, cache, trg_in, train=train, teacher_forcing=teacher_forcing)
     self.sow("intermediates", "attention", attn)
@@ -92,25 +123,41 @@ class Seq2Seq(nn.Module):
     `__call__(..., teacher_forcing=1.0)` is these features times
     `decoder/out_kernel` plus `decoder/out_bias` (the train step fuses that
     projection with the loss: `loss.projected_cross_entropy_sums`)."""
-    check_inputs(src, src_lengths, trg_in)
+    check_inputs(src, src_lengths, trg_in, self.config)
     s0, cache = self._encode(src, src_lengths, train)
     features, _ = self.decoder.teacher_forced_features(s0, cache, trg_in, train=train)
     return features
 
-  def encode(self, src: jax.Array, src_lengths: jax.Array, train: bool = False):
+  def encode(self, src: jax.Array, src_lengths: jax.Array, train: bool = False
+             ) -> tuple[jax.Array, DecoderCache]:
     """Returns `(s0 [batch, dec_hidden], DecoderCache)` for step-wise decoding."""
-    check_inputs(src, src_lengths)
+    check_inputs(src, src_lengths, config=self.config)
     return self._encode(src, src_lengths, train)
 
-  def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache):
+  def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step: `(s [batch, dec_hidden], token [batch])` -> `(s', logits
     [batch, trg_vocab], attention [batch, src_len])`."""
     chex.assert_rank([s, token], [2, 1])
     return self.decoder.step(s, token, cache)
 
 
-def init_params(config: Seq2SeqConfig, rng: jax.Array, src_len: int = 4, trg_len: int = 4):
-  """Fresh parameters for `config` (shapes do not depend on the lengths)."""
+def init_params(rng: jax.Array, config: Seq2SeqConfig, src_len: int = 4,
+                trg_len: int = 4) -> dict[str, Any]:
+  """Fresh parameters for `config`, `init_params(rng, config)` like `model.init(rng, ...)`
+  (shapes do not depend on the lengths).
+
+  The older order `init_params(config, rng)` is still accepted; anything else
+  raises `TypeError`.
+  """
+  if isinstance(rng, Seq2SeqConfig) and not isinstance(config, Seq2SeqConfig):
+    rng, config = config, rng  # the pre-issue-42 order
+  if not isinstance(config, Seq2SeqConfig):
+    raise TypeError(f"init_params(rng, config): config must be a Seq2SeqConfig, "
+                    f"got {type(config).__name__}")
+  if not isinstance(rng, (jax.Array, np.ndarray)):
+    raise TypeError(f"init_params(rng, config): rng must be a JAX random key "
+                    f"(jax.random.key(0)), got {type(rng).__name__}")
   src = jnp.full((1, src_len), config.eos_id, jnp.int32)
   trg = jnp.full((1, trg_len), config.bos_id, jnp.int32)
   lengths = jnp.full((1,), src_len, jnp.int32)

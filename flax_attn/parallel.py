@@ -4,6 +4,12 @@ One axis name (`AXIS`), one place that applies `jax.pmap` (`pmap`), and the
 helpers that move a host batch onto the local devices. A later move to
 `jax.jit` with `NamedSharding` changes this file only.
 
+`jax.shard_map` with its default check (`check_vma=True`) types every value
+as varying or invariant over each mesh axis. `varying_like` gives the
+modules' loop carries the type of their inputs (no axis name needed) and
+`vary` marks this step's parameters as varying over `AXIS`, so that their
+gradients are this device's share, to be `psum`'d (what `pmap` gives).
+
 Multi-host: `initialize(coordinator, num_processes, process_id)` calls
 `jax.distributed.initialize`; every process then computes the same global
 batch plan and feeds rows `process_slice(global_batch)` of each batch to its
@@ -12,9 +18,12 @@ local devices, and `lax.psum`/`lax.pmean` over `AXIS` span all processes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+import operator
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 AXIS = "batch"
@@ -69,7 +78,7 @@ def first_copy(tree: Any) -> Any:
   return jax.tree.map(lambda x: x[0], tree)
 
 
-def prefetch_to_devices(global_batches, buffer_size: int = 2):
+def prefetch_to_devices(global_batches, buffer_size: int = 2) -> Iterator[Any]:
   """An iterable of global numpy batches -> an iterator of this process's
   rows, split over its devices and already copied there: `buffer_size`
   batches are kept in flight. It runs in the calling thread: with JAX's
@@ -125,6 +134,52 @@ def shard(local_batch: dict[str, np.ndarray], num_devices: int | None = None
 def device_batch(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """What one process feeds to the pmapped step for a global batch."""
   return shard(process_slice(global_batch))
+
+
+def varying_like(x: Any, *refs: Any) -> Any:
+  """`x` bit for bit, typed to vary over every mesh axis a leaf of `refs` varies over.
+
+  Under `jax.shard_map` (default `check_vma=True`) a `lax.scan` or
+  `lax.while_loop` carry must have one type going in and coming out. A carry
+  built from constants (`jnp.zeros`, `jnp.full`) is invariant, while the
+  body's output varies with the sharded inputs it reads; start the carry as
+  `varying_like(jnp.zeros(...), inputs...)` instead. No mesh axis is named,
+  so the modules need not know the caller's mesh. Outside `shard_map` (plain
+  calls, `jit`, `pmap`) it is a select on a constant `True`, which XLA
+  removes.
+  """
+  keep = functools.reduce(operator.and_, (jnp.ones_like(leaf, dtype=bool, shape=())
+                                          for leaf in jax.tree.leaves(refs)),
+                          jnp.ones((), bool))
+  return jax.tree.map(lambda v: jnp.where(keep, v, v), x)
+
+
+def cotangent_of(primal: jax.Array, ct: jax.Array) -> jax.Array:
+  """`ct` with `primal`'s type, for a `custom_vjp` backward rule.
+
+  Under `shard_map`, an invariant (replicated) `primal` used with varying
+  inputs has a varying hand-made gradient `ct`; autodiff's own answer is that
+  gradient summed over the devices (the transpose of the implicit
+  broadcast), and a backward rule must return that type. Elsewhere (plain
+  calls, `jit`, `pmap`, or a `primal` varying like `ct`) `ct` comes back as
+  it is: the transpose of an add, no arithmetic.
+  """
+  _, pullback = jax.vjp(lambda p: p + jnp.zeros_like(ct), primal)
+  return pullback(ct)[0]
+
+
+def vary(tree: Any, axis_name: str = AXIS) -> Any:
+  """`tree` bit for bit, marked as varying over `axis_name` (inside `shard_map` or `pmap`).
+
+  Under `shard_map` with its default check, the gradient with respect to an
+  invariant (replicated, `P()`) parameter is already summed over the
+  devices (autodiff transposes the implicit broadcast into a `psum`), so a
+  step that `psum`s its gradients itself, like `train.train_step`, counts
+  them `device_count` times. Differentiate with respect to `vary(params)`
+  instead: every device gets its own share, as under `pmap`, where this is
+  a no-op (as it is for values that vary already).
+  """
+  return varying_like(tree, jax.lax.axis_index(axis_name))
 
 
 def psum(x: Any) -> Any:

@@ -274,3 +274,69 @@ def test_scan_unroll_changes_no_result(unroll):
   got = greedy_decode(unrolled, p, src, lengths, max_len=6)
   np.testing.assert_array_equal(got.tokens, ref.tokens)
   np.testing.assert_array_equal(got.lengths, ref.lengths)
+
+
+# ---- strict inputs (issue 42) -----------------------------------------------------------
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda s, l, t: (s.at[1, 0].set(999), l, t), r"src holds token ids outside \[0, 23\).*999"),
+    (lambda s, l, t: (s.at[0, 0].set(-1), l, t), r"src holds token ids outside \[0, 23\).*-1"),
+    # Padding too: an out-of-range id embeds as NaN, and NaN * 0 is NaN.
+    (lambda s, l, t: (s.at[1, 6].set(23), l, t), r"src holds token ids outside \[0, 23\)"),
+    (lambda s, l, t: (s, l, t.at[2, 3].set(19)), r"trg_in holds token ids outside \[0, 19\)"),
+])
+def test_out_of_vocabulary_ids_are_rejected(params, bad, match):
+  src, lengths, trg = bad(*_batch())
+  for call in (lambda: Seq2Seq(CFG).apply({"params": params}, src, lengths, trg),
+               lambda: Seq2Seq(CFG).apply({"params": params}, src, lengths, trg,
+                                          method=Seq2Seq.teacher_forced_features)):
+    with pytest.raises(ValueError, match=match) as err:
+      call()
+    assert "\n" not in str(err.value)
+
+
+def test_decoders_reject_out_of_vocabulary_source_ids(params):
+  from flax_attn import beam_search
+  src, lengths, _ = _batch()
+  src = src.at[3, 2].set(40)
+  with pytest.raises(ValueError, match=r"src holds token ids outside \[0, 23\)"):
+    greedy_decode(CFG, params, src, lengths, max_len=4)
+  with pytest.raises(ValueError, match=r"src holds token ids outside \[0, 23\)"):
+    beam_search(CFG, params, src, lengths, beam_size=2)
+
+
+def test_ids_under_jit_are_unchecked_and_checkify_catches_them(params):
+  """Documented: traced ids are not checked (they embed as NaN); checkify's
+  index checks, or `check_inputs` on the host batch first, catch them."""
+  from jax.experimental import checkify
+
+  from flax_attn.model import check_inputs
+  src, lengths, trg = _batch()
+  src = src.at[1, 0].set(999)
+  apply = lambda p, s, l, t: Seq2Seq(CFG).apply({"params": p}, s, l, t)
+  assert np.isnan(np.asarray(jax.jit(apply)(params, src, lengths, trg))[1]).all()
+  err, _ = jax.jit(checkify.checkify(apply, errors=checkify.index_checks))(params, src, lengths, trg)
+  with pytest.raises(checkify.JaxRuntimeError, match="index 999 is out of bounds"):
+    err.throw()
+  with pytest.raises(ValueError, match="src holds token ids outside"):
+    check_inputs(src, lengths, trg, CFG)
+
+
+def test_teacher_forcing_must_be_a_static_float(params):
+  src, lengths, trg = _batch()
+  apply = lambda tf: Seq2Seq(CFG).apply({"params": params}, src, lengths, trg,
+                                        teacher_forcing=tf, rngs={"dropout": jax.random.key(0)})
+  with pytest.raises(TypeError, match="teacher_forcing must be a static Python float"):
+    jax.jit(apply)(0.5)
+  for bad in (1.5, -0.1, float("nan")):
+    with pytest.raises(ValueError, match=r"teacher_forcing must be in \[0, 1\]"):
+      apply(bad)
+  # Static numbers of any kind work, and jit with it static.
+  np.testing.assert_array_equal(apply(np.float32(0.5)), apply(0.5))
+  np.testing.assert_allclose(jax.jit(apply, static_argnums=0)(0.5), apply(0.5), atol=1e-5)
+
+
+@pytest.mark.parametrize("ids", [dict(pad_id=2), dict(eos_id=1), dict(pad_id=3, bos_id=3, eos_id=3)])
+def test_special_ids_must_differ(ids):
+  with pytest.raises(ValueError, match="pad_id, bos_id and eos_id must differ"):
+    Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, **ids)
