@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flax_attn.parallel import cotangent_of, varying_like
+
 
 def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
                        label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -110,18 +112,22 @@ def _projected_fwd(smoothing, dtype, feats, kernel_FxV, bias_V, tgt, wts):
     return carry, d_feats.astype(feats.dtype)
 
   zero = jnp.zeros((), jnp.float32)
-  init = (zero, zero, jnp.zeros(kernel_FxV.shape, jnp.float32), jnp.zeros(bias_V.shape, jnp.float32))
+  # Typed like the inputs, so that the scan also runs under jax.shard_map.
+  init = varying_like((zero, zero, jnp.zeros(kernel_FxV.shape, jnp.float32),
+                       jnp.zeros(bias_V.shape, jnp.float32)), feats, kernel_FxV, bias_V, tgt, wts)
   (loss_sum, nll_sum, d_kernel, d_bias), d_feats = jax.lax.scan(body, init, (feats, tgt, wts))
   grads = (d_feats, d_kernel.astype(kernel_FxV.dtype), d_bias.astype(bias_V.dtype))
-  return (loss_sum, nll_sum), grads
+  return (loss_sum, nll_sum), (grads, kernel_FxV, bias_V)
 
 
 def _projected_bwd(smoothing, dtype, residuals, cotangents):
   del smoothing, dtype
-  d_feats, d_kernel, d_bias = residuals
+  (d_feats, d_kernel, d_bias), kernel_FxV, bias_V = residuals
   g = cotangents[0]  # nll_sum is a metric: its cotangent is ignored
-  return (g * d_feats, (g * d_kernel).astype(d_kernel.dtype), (g * d_bias).astype(d_bias.dtype),
-          None, None)
+  # cotangent_of: a replicated kernel's gradient summed over a shard_map's
+  # devices, as autodiff gives it; elsewhere the gradient as it is.
+  return (g * d_feats, cotangent_of(kernel_FxV, (g * d_kernel).astype(d_kernel.dtype)),
+          cotangent_of(bias_V, (g * d_bias).astype(d_bias.dtype)), None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -132,7 +138,7 @@ def _projected_sums(smoothing, dtype, feats, kernel_FxV, bias_V, tgt, wts):
     loss, nll, _ = _chunk(smoothing, dtype, kernel, bias_V, *x)
     return (carry[0] + loss, carry[1] + nll), None
 
-  zero = jnp.zeros((), jnp.float32)
+  zero = varying_like(jnp.zeros((), jnp.float32), feats, kernel_FxV, bias_V, tgt, wts)
   (loss_sum, nll_sum), _ = jax.lax.scan(body, (zero, zero), (feats, tgt, wts))
   return loss_sum, nll_sum
 

@@ -95,7 +95,7 @@ def create_train_state(model_config: Seq2SeqConfig, tx: optax.GradientTransforma
                        seed: int) -> TrainState:
   from flax_attn.model import init_params
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = init_params(model_config, init_rng)
+  params = init_params(init_rng, model_config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=rng, lr_scale=jnp.ones((), jnp.float32))
 
@@ -129,8 +129,10 @@ def train_step(state: TrainState, batch: dict, *, model_config: Seq2SeqConfig,
                                                          batch["weights"], label_smoothing)
     return loss_sum, (nll_sum, weight_sum)
 
+  # vary: under jax.shard_map each device differentiates its own share (as under
+  # pmap, where it is a no-op); the psum below then sums them once.
   (loss_sum, (nll_sum, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+      parallel.vary(state.params))
   total_weight = parallel.psum(weight_sum)
   denom = jnp.maximum(total_weight, 1.0)
   grads = jax.tree.map(lambda g: parallel.psum(g) / denom, grads)
@@ -403,11 +405,11 @@ class Run:
   """One training run's moving parts; `train_and_evaluate` reads as its story."""
 
   def __init__(self, config, workdir, splits, ckpts, setup, state, meta, preemption,
-               watch: Stopwatch):
+               watch: Stopwatch | None = None):
     self.config, self.workdir, self.splits, self.ckpts = config, workdir, splits, ckpts
     self.s, self.meta, self.preemption = setup, meta, preemption
     self.is_main = parallel.is_main_process()
-    self.watch = watch
+    self.watch = watch or Stopwatch()
     self.decode = DecodeConfig.from_experiment(config)  # the final evaluation's settings
     self.step = int(state.step)
     self.last_saved = self.step if meta is not None else None

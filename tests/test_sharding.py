@@ -193,21 +193,8 @@ def _project_step_under_shard_map(mesh, state, teacher_forcing, layout):
   return s.params, float(m["loss_sum"] / m["weight_sum"])
 
 
-# The project's train_step under shard_map: needs changes outside this change's
-# files (flax_attn/loss.py: varying_like carries and cotangent_of in the fused
-# loss's scan and backward rule; flax_attn/train.py: differentiate with respect
-# to parallel.vary(state.params)); see issue 42. Strict: they fail once fixed.
-_LOSS_PY = pytest.mark.xfail(strict=True, raises=TypeError,
-                             reason="flax_attn/loss.py's fused-loss scan starts from jnp.zeros")
-_TRAIN_PY = pytest.mark.xfail(strict=True, raises=AssertionError,
-                              reason="train_step psums gradients that shard_map already summed")
-
-
 @pytest.mark.parametrize("layout, teacher_forcing", [
-    ("stacked", 0.5),
-    pytest.param("stacked", 1.0, marks=_LOSS_PY),
-    pytest.param("replicated", 0.5, marks=_TRAIN_PY),
-    pytest.param("replicated", 1.0, marks=_LOSS_PY),
+    ("stacked", 0.5), ("stacked", 1.0), ("replicated", 0.5), ("replicated", 1.0),
 ])
 def test_project_train_step_under_shard_map_equals_pmap(mesh, params, layout, teacher_forcing):
   want_params, want_losses, state = _pmap_reference(params, teacher_forcing)
