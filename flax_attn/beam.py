@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_attn import decode_config
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.model import Seq2Seq, check_inputs
 from flax_attn.parallel import varying_like
@@ -278,14 +279,7 @@ def beam_search(config: Seq2SeqConfig, params: Any, src: jax.Array, src_lengths:
       replicated; each device stops when its own sentences are done),
       unchecked there.
   """
-  _positive_int("beam_size", beam_size)
-  _positive_int("n_best", n_best)
-  if n_best > beam_size:
-    raise ValueError(f"n_best must be <= beam_size, got n_best={n_best} beam_size={beam_size}")
-  if not alpha >= 0.0:
-    raise ValueError(f"alpha must be >= 0, got {alpha!r}")
-  if not max_len_ratio >= 0.0:
-    raise ValueError(f"max_len_ratio must be >= 0, got {max_len_ratio!r}")
+  decode_config.check(beam_size, alpha, max_len_ratio, n_best=n_best)  # the one set of rules
   src = jnp.asarray(src)
   src_lengths = jnp.asarray(src_lengths)
   check_inputs(src, src_lengths, config=config)

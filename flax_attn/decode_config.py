@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import numpy as np
+
 DEFAULT_BEAM_SIZE = 1          # greedy
 DEFAULT_ALPHA = 0.6            # GNMT length-penalty exponent (Wu et al. 2016)
 DEFAULT_MAX_LEN_RATIO = 1.5    # a source of n tokens gets at most
@@ -28,10 +30,10 @@ def check(beam_size: Any, alpha: Any = DEFAULT_ALPHA, max_len_ratio: Any = DEFAU
       raise ValueError(message)
 
   def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
   def is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
   need(is_int(beam_size) and beam_size >= 1,
        f"{prefix}beam_size must be an integer >= 1, got {beam_size!r}")
