@@ -27,10 +27,10 @@ Setting (the same on both sides, printed with the results):
     scan). Both decoders run `trg_len` steps (torch gets a `trg_len + 1` long
     target because its `outputs[0]` is a dummy), so one step predicts
     `batch * trg_len` tokens on both sides and tokens/s = batch*trg_len / time;
-  * flax: the project's own `flax_attn.train.train_step`, pmapped by
+  * flax: the project's own `flax_attn.steps.train_step`, pmapped by
     `flax_attn.parallel.pmap` on one device with the state donated (clip 1.0,
     Adam 1e-3); compile time = first call minus a steady call;
-    greedy: `flax_attn.decode.greedy_decode`; beam (size 5):
+    greedy: `flax_attn.greedy.greedy_decode`; beam (size 5):
     `flax_attn.beam.beam_search`;
   * PyTorch peers, `torch.optim.Adam` and `clip_grad_norm_`, greedy under
     no_grad, no beam search: `torch_tutorial` is the tutorial's loop

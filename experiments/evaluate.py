@@ -44,10 +44,10 @@ class UsageError(Exception):
 
 
 def _read(path: str, what: str) -> list[str]:
-  from flax_attn import lines
+  from flax_attn import text_input
   try:
-    return lines.read_lines(path, what)
-  except lines.BadInput as e:
+    return text_input.read_lines(path, what)
+  except text_input.BadInput as e:
     raise UsageError(str(e)) from None
 
 
@@ -85,7 +85,7 @@ def _decode_overrides() -> dict:
 def run() -> dict:
   import ml_collections
 
-  from flax_attn import Translator, experiment, metrics, paths
+  from flax_attn import Translator, from_config, metrics, paths
   if (FLAGS.src is None) != (FLAGS.ref is None):
     raise UsageError("--src and --ref go together")
   overrides = _decode_overrides()
@@ -106,7 +106,7 @@ def run() -> dict:
     refs, name = [[r] for r in ref], paths.as_path(FLAGS.src).name
   else:
     try:
-      splits = experiment.load_task(config)
+      splits = from_config.load_task(config)
     except (FileNotFoundError, ValueError) as e:
       raise UsageError(str(e)) from None
     if FLAGS.split not in splits:
@@ -127,7 +127,7 @@ def run() -> dict:
             "max_len_ratio": decode.max_len_ratio, "max_len_offset": decode.max_len_offset,
             "dtype": FLAGS.dtype, "examples": len(src),
             "output": str(out)}
-  result.update(metrics.task_metrics(config.task, hyps, refs, experiment.target_language(config)))
+  result.update(metrics.task_metrics(config.task, hyps, refs, from_config.target_language(config)))
   if FLAGS.src is None:  # a split of the task: its references are token ids too
     result.update(_perplexity(translator, config, split))
   return result
@@ -135,16 +135,16 @@ def run() -> dict:
 
 def _perplexity(translator, config, split) -> dict:
   """Teacher-forced and free-running perplexity of the split's targets."""
-  from flax_attn import parallel, train
+  from flax_attn import evaluation, parallel
   from flax_attn.input_pipeline import encode_pairs
   src_ids, trg_ids, _ = encode_pairs(split.src, split.trg, translator.src_tokenizer,
                                      translator.trg_tokenizer, config.max_src_len,
                                      config.max_trg_len)
   n = parallel.device_count()  # maybe not the training's: batches of a multiple of it
   batch_size = -(-config.eval_batch_size // n) * n
-  out = train.split_perplexity(train.pmapped_eval(translator.config),
-                               parallel.replicate(translator.params), src_ids, trg_ids,
-                               batch_size, translator.meta.get("buckets"), free_running=True)
+  out = evaluation.split_perplexity(evaluation.pmapped_eval(translator.config),
+                                    parallel.replicate(translator.params), src_ids, trg_ids,
+                                    batch_size, translator.meta.get("buckets"), free_running=True)
   return {k: out[k] for k in ("ppl", "free_running_ppl", "free_running_ppl_tutorial")}
 
 

@@ -103,7 +103,7 @@ def main(argv):
   compilation_cache.enable()  # FLAX_ATTN_COMPILATION_CACHE=off to disable
   _check_flags()
   from flax_attn import Translator
-  from flax_attn import lines as lines_lib
+  from flax_attn import text_input as lines_lib
   try:
     translator = Translator.load(FLAGS.workdir, which=FLAGS.which, dtype=FLAGS.dtype)
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:

@@ -3,7 +3,7 @@
 from flax_attn.attention import AdditiveAttention
 from flax_attn.beam import BeamOutput, beam_search
 from flax_attn.config import Seq2SeqConfig
-from flax_attn.decode import DecodeOutput, greedy_decode
+from flax_attn.greedy import DecodeOutput, greedy_decode
 from flax_attn.decoder import Decoder, DecoderCache
 from flax_attn.encoder import Encoder
 from flax_attn.gru import GRUCell

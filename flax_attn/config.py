@@ -13,7 +13,7 @@ from jax.typing import DTypeLike
 # The dtypes the modules compute and store parameters in, by name.
 DTYPES = ("float32", "bfloat16", "float16")
 
-# The dropout rates, each in [0, 1) (validated here and in experiment.validate_config).
+# The dropout rates, each in [0, 1) (validated here and in from_config.validate_config).
 DROPOUT_FIELDS = ("dropout", "out_dropout", "memory_dropout")
 
 

@@ -71,7 +71,7 @@ class Seq2Seq(nn.Module):
   `[batch, trg_len, trg_vocab]`; with `mutable=["intermediates"]` the
   attention weights `[batch, trg_len, src_len]` come back under
   `intermediates/attention`. `encode`, `prepare` and `decode_step` are the
-  pieces inference uses (`flax_attn.decode`).
+  pieces inference uses (`flax_attn.greedy`).
   """
 
   config: Seq2SeqConfig

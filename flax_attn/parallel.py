@@ -174,7 +174,7 @@ def vary(tree: Any, axis_name: str = AXIS) -> Any:
   Under `shard_map` with its default check, the gradient with respect to an
   invariant (replicated, `P()`) parameter is already summed over the
   devices (autodiff transposes the implicit broadcast into a `psum`), so a
-  step that `psum`s its gradients itself, like `train.train_step`, counts
+  step that `psum`s its gradients itself, like `steps.train_step`, counts
   them `device_count` times. Differentiate with respect to `vary(params)`
   instead: every device gets its own share, as under `pmap`, where this is
   a no-op (as it is for values that vary already).

@@ -16,7 +16,7 @@ from flax_attn import checkpoint as ckpt_lib
 from flax_attn import export as export_lib
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.decode_config import DecodeConfig, check
-from flax_attn.decode import greedy_decode
+from flax_attn.greedy import greedy_decode
 from flax_attn.input_pipeline import encode_pairs, eval_batches
 
 

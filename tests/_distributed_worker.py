@@ -13,7 +13,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str) -> Non
   import jax
 
   from flax_attn.optimizer import make_optimizer
-  from flax_attn.train import create_train_state, train_step
+  from flax_attn.steps import create_train_state, train_step
   from test_train import CFG, global_batch
 
   assert jax.process_count() == num_processes and jax.device_count() == num_processes

@@ -31,8 +31,8 @@ CFG = Seq2SeqConfig(src_vocab_size=11, trg_vocab_size=9, emb_dim=4, enc_hidden=5
 
 def test_decoding_is_exported_at_the_top_level():
   from flax_attn import BeamOutput, DecodeOutput, beam_search, greedy_decode
-  from flax_attn import beam, decode
-  assert (greedy_decode, DecodeOutput) == (decode.greedy_decode, decode.DecodeOutput)
+  from flax_attn import beam, greedy
+  assert (greedy_decode, DecodeOutput) == (greedy.greedy_decode, greedy.DecodeOutput)
   assert (beam_search, BeamOutput) == (beam.beam_search, beam.BeamOutput)
   assert {"greedy_decode", "beam_search", "DecodeOutput", "BeamOutput"} <= set(flax_attn.__all__)
   assert all(hasattr(flax_attn, name) for name in flax_attn.__all__)

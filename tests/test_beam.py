@@ -10,7 +10,7 @@ import pytest
 
 from flax_attn import Seq2Seq, Seq2SeqConfig, init_params
 from flax_attn.beam import BeamOutput, beam_search
-from flax_attn.decode import greedy_decode
+from flax_attn.greedy import greedy_decode
 
 PAD, BOS, EOS = 1, 2, 3
 _SMALL_SRC = dict(seed=1, lengths=(5, 2, 4), width=5)

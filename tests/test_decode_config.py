@@ -82,9 +82,9 @@ def test_published_configs_carry_their_decoding(name, beam_size, alpha):
 
 
 def test_validate_config_rejects_a_bad_decode_group():
-  from flax_attn import experiment
+  from flax_attn import from_config
   from test_experiments import _config
   c = _config("dates", "tiny")
   c.decode.beam_size = 0
   with pytest.raises(ValueError, match="^config: decode.beam_size must be an integer >= 1"):
-    experiment.validate_config(c, 1, 1)
+    from_config.validate_config(c, 1, 1)

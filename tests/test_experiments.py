@@ -43,9 +43,9 @@ def test_each_config_picks_best_by_its_own_metric(name, chosen_by):
   """`multi30k` derives from `multi30k_tutorial` but keeps the best BLEU, not the
   tutorial's lowest free-running perplexity (which also costs a free-running
   pass at every validation)."""
-  from flax_attn import experiment
+  from flax_attn import from_config
   for preset in ("", "tiny"):
-    assert experiment.best_metric(_config(name, preset)) == chosen_by
+    assert from_config.best_metric(_config(name, preset)) == chosen_by
 
 
 def test_g2p_tiny(tmp_path):

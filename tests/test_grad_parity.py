@@ -11,7 +11,7 @@ of mixed source and target lengths, teacher forcing 1 and dropout off:
 * the gradient of every parameter agrees with PyTorch's, per tensor:
   `||g_jax - g_torch|| / max(||g_torch||, 1e-12) <= 1e-4`;
 * steps of `clip_grad_norm_(1.0)` + `torch.optim.Adam(lr)` agree with
-  `flax_attn.train.train_step` (under `parallel.pmap`, one device) with
+  `flax_attn.steps.train_step` (under `parallel.pmap`, one device) with
   `make_optimizer("adam", lr, clip_norm=1.0)`: per tensor, the parameter
   change of each step agrees to 1e-4 relative (`STEP_RTOL`), the parameters
   to 5e-6 absolute, the reported loss and gradient norm to 1e-5 relative.
@@ -165,7 +165,7 @@ def test_optimizer_steps_match_torch(enc_layers):
   """Two steps of clip 1.0 + Adam through `train_step`: each step's parameter
   change per tensor to `STEP_RTOL` = 1e-4 relative, the parameters to 5e-6,
   the loss and the (pre-clip) gradient norm to 1e-5 relative."""
-  from flax_attn.train import create_train_state, train_step
+  from flax_attn.steps import create_train_state, train_step
   lr = 1e-2
   tmodel, config, params = _models(enc_layers)
   topt = torch.optim.Adam(tmodel.parameters(), lr=lr)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flax_attn import Seq2Seq, Seq2SeqConfig, init_params
-from flax_attn.decode import greedy_decode
+from flax_attn.greedy import greedy_decode
 
 CFG = Seq2SeqConfig(src_vocab_size=23, trg_vocab_size=19, emb_dim=6, enc_hidden=8, dec_hidden=10,
                     attn_dim=7, dropout=0.0, init_std=0.4)

@@ -100,7 +100,7 @@ def _tx():
 
 def _pmap_reference(params, teacher_forcing: float = 1.0, steps: int = 2):
   """The project's `train_step` under `pmap` on 2 devices: (params, losses)."""
-  from flax_attn.train import TrainState, train_step
+  from flax_attn.steps import TrainState, train_step
   tx = _tx()
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.PRNGKey(7), lr_scale=jnp.ones((), jnp.float32))
@@ -175,7 +175,7 @@ def test_jit_named_sharding_step_equals_pmap_train_step(mesh, params):
 
 
 def _project_step_under_shard_map(mesh, state, teacher_forcing, layout):
-  from flax_attn.train import train_step
+  from flax_attn.steps import train_step
   f = functools.partial(train_step, model_config=CFG, tx=_tx(), teacher_forcing=teacher_forcing)
   if layout == "stacked":  # pmap's layout: a copy of the state per device, [devices, ...]
     def per_device(s, b):

@@ -36,7 +36,7 @@ def test_pmap_4_devices_equals_1():
   import jax
   from flax_attn import parallel
   from flax_attn.optimizer import make_optimizer
-  from flax_attn.train import create_train_state, train_step
+  from flax_attn.steps import create_train_state, train_step
   if jax.default_backend() != "cpu" and jax.local_device_count() < 4:
     pytest.skip(f"needs 4 local devices; this {jax.default_backend()} has "
                 f"{jax.local_device_count()} (on the CPU, conftest makes 4)")
@@ -61,7 +61,7 @@ def test_non_finite_step_is_rejected():
   import jax
   from flax_attn import parallel
   from flax_attn.optimizer import make_optimizer
-  from flax_attn.train import create_train_state, train_step
+  from flax_attn.steps import create_train_state, train_step
   tx = make_optimizer(learning_rate=1e-2)
   state = create_train_state(CFG, tx, seed=0)
   bad = state.replace(params=jax.tree.map(lambda x: x, state.params))
@@ -76,7 +76,7 @@ def test_non_finite_step_is_rejected():
 
 def test_rejections_are_counted_and_a_streak_stops():
   import jax.numpy as jnp
-  from flax_attn.train import accumulate, init_metrics
+  from flax_attn.steps import accumulate, init_metrics
   acc = init_metrics()
   good = {"loss_sum": jnp.float32(2.0), "nll_sum": jnp.float32(1.5), "weight_sum": jnp.float32(4.0),
           "grad_norm": jnp.float32(0.5), "ok": jnp.bool_(True)}
@@ -107,7 +107,7 @@ def test_two_processes_identical(tmp_path):
   # And the 2-process run equals one process with 2 devices on the same global batches.
   from flax_attn import parallel
   from flax_attn.optimizer import make_optimizer
-  from flax_attn.train import create_train_state, train_step
+  from flax_attn.steps import create_train_state, train_step
   tx = make_optimizer(learning_rate=1e-2)
   s = parallel.replicate(create_train_state(CFG, tx, seed=0), 2)
   step = parallel.pmap(functools.partial(train_step, model_config=CFG, tx=tx))
@@ -249,14 +249,14 @@ def test_host_stays_at_most_steps_in_flight_ahead_of_the_device(tmp_path):
   last `STEPS_IN_FLIGHT` has finished on the device. (Without the bound up
   to 8 steps of this size were queued here.)"""
   import tqdm
-  from flax_attn import checkpoint, experiment, train
+  from flax_attn import checkpoint, from_config, resume, train
   from flax_attn.preemption import Preemption
   config = _dates_config()
   config.model.update(enc_hidden=256, dec_hidden=256, attn_dim=256)
   config.num_train_steps = config.log_every_steps = 24
-  splits = experiment.load_task(config)
+  splits = from_config.load_task(config)
   ckpts = checkpoint.Checkpoints(tmp_path, keep=1, best_metric="val_loss", best_mode="min")
-  setup, state, meta = train.restore_or_create(config, splits, ckpts)
+  setup, state, meta = resume.restore_or_create(config, splits, ckpts)
   outputs, waiting = [], []
   with Preemption() as preemption:
     run = train.Run(config, tmp_path, splits, ckpts, setup, state, meta, preemption)
@@ -279,14 +279,14 @@ def test_free_running_ppl_tutorial_does_not_depend_on_the_evaluation_batches():
   order: the tutorial's batch-mean perplexity is the same for any evaluation
   batch size, and with one tutorial batch it is the token-weighted one."""
   import jax
-  from flax_attn import parallel, train
+  from flax_attn import evaluation, parallel
   from flax_attn.model import Seq2Seq
   rng = np.random.default_rng(0)
   src = [np.append(rng.integers(4, 20, rng.integers(1, 9)), 3).astype(np.int32) for _ in range(37)]
   trg = [np.append(rng.integers(4, 18, rng.integers(1, 9)), 3).astype(np.int32) for _ in range(37)]
   b = global_batch(0)
   params = Seq2Seq(CFG).init(jax.random.key(1), b["src"], b["src_lengths"], b["trg_in"])["params"]
-  ppl = functools.partial(train.split_perplexity, train.pmapped_eval(CFG),
+  ppl = functools.partial(evaluation.split_perplexity, evaluation.pmapped_eval(CFG),
                           parallel.replicate(params), src, trg, free_running=True)
   by_5 = {n: ppl(n, tutorial_batch_size=5) for n in (8, 40)}
   assert by_5[8]["free_running_ppl_tutorial"] == pytest.approx(

@@ -14,7 +14,7 @@ from flax_attn import parallel
 from flax_attn import train as train_lib
 from flax_attn.beam import beam_search
 from flax_attn.config import Seq2SeqConfig
-from flax_attn.decode import greedy_decode
+from flax_attn.greedy import greedy_decode
 from flax_attn.optimizer import make_optimizer
 
 FLAX = "flax_attn"
@@ -30,7 +30,7 @@ def device_batch(config: Seq2SeqConfig, batch_np) -> dict:
 
 
 def train_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes, seed: int = 0) -> Case:
-  """The project's own pmapped `flax_attn.train.train_step` (on one device):
+  """The project's own pmapped `flax_attn.steps.train_step` (on one device):
   masked cross entropy, clip_by_global_norm(1.0), Adam 1e-3, state donated."""
   tx = make_optimizer("adam", 1e-3, clip_norm=1.0)
   params = jax.tree.map(jnp.array, params)
@@ -57,7 +57,7 @@ def train_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes, seed: in
 
 
 def greedy_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
-  """`flax_attn.decode.greedy_decode`, `trg_len` steps."""
+  """`flax_attn.greedy.greedy_decode`, `trg_len` steps."""
   params = jax.tree.map(jnp.asarray, params)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
 

@@ -40,10 +40,12 @@ def _load_config(name: str) -> ml_collections.ConfigDict:
 
 
 def _new_run(config, workdir):
-  from flax_attn import experiment, paths
+  from flax_attn import from_config, paths
   from flax_attn.preemption import Preemption
-  from flax_attn.train import Run, build_setup, create_train_state
-  splits = experiment.load_task(config)
+  from flax_attn.resume import build_setup
+  from flax_attn.steps import create_train_state
+  from flax_attn.train import Run
+  splits = from_config.load_task(config)
   setup = build_setup(config, splits)
   state = create_train_state(setup.model_config, setup.tx, config.seed)
   return Run(config, paths.as_path(workdir), splits, None, setup, state, None, Preemption())

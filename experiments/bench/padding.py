@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from flax_attn import experiment
+from flax_attn import from_config
 from flax_attn import input_pipeline as ip
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -43,8 +43,8 @@ def main() -> None:
   for name, module in (("multi30k", multi30k), ("multi30k_tutorial", multi30k_tutorial)):
     c = module.get_config()
     c.data_dir = args.data_dir
-    train = experiment.load_task(c)["train"]
-    src_tok, trg_tok = experiment.fit_tokenizers(c, train)
+    train = from_config.load_task(c)["train"]
+    src_tok, trg_tok = from_config.fit_tokenizers(c, train)
     src, trg, _ = ip.encode_pairs(train.src, train.trg, src_tok, trg_tok, c.max_src_len,
                                   c.max_trg_len)
     w = ip.example_widths(src, trg)

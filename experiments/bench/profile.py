@@ -3,7 +3,7 @@
 Only the project's own functions are timed (`Seq2Seq.encode`, the decoder's
 `teacher_forced_features`, `flax_attn.loss.projected_cross_entropy_sums` (the
 output projection fused with the loss, as the train step runs it), the
-pmapped `flax_attn.train.train_step`);
+pmapped `flax_attn.steps.train_step`);
 the functions below only choose which part to differentiate.
 """
 

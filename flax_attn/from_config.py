@@ -106,56 +106,6 @@ def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqCon
 
 # ---- checks before training starts ------------------------------------------------------
 
-# Seq2SeqConfig fields that fix the parameters' shapes or meaning; the others
-# (dtype, param_dtype, dropout, out_dropout, memory_dropout, scan_unroll,
-# init_std) may change on resume.
-MODEL_FIELDS_FIXED = ("src_vocab_size", "trg_vocab_size", "pad_id", "bos_id", "eos_id",
-                      "emb_dim", "enc_hidden", "dec_hidden", "attn_dim", "enc_layers")
-# Experiment fields a checkpoint overrides (its tokenizers and buckets are kept).
-FIELDS_FROM_CHECKPOINT = ("src_tokenizer", "trg_tokenizer", "src_lang", "trg_lang", "min_freq",
-                          "lowercase", "sp_vocab_size", "sp_model_type", "sp_joint",
-                          "sp_byte_fallback", "num_buckets")
-# Fields that only say where or how this process runs.
-FIELDS_OF_THE_LAUNCH = ("coordinator_address", "num_processes", "process_id", "progress_bar",
-                        "data_dir", "download")
-OPTIMIZER_FIELDS = ("optimizer", "clip_norm", "weight_decay")
-
-
-def model_changes(saved: dict, model_config: Seq2SeqConfig) -> tuple[list[str], list[str]]:
-  """(fixed fields that differ, free fields that differ) between a
-  checkpoint's model config and this run's, as `name: old -> new` strings."""
-  now = model_config.to_dict()
-  fixed, free = [], []
-  for k, v in now.items():
-    if k in saved and saved[k] != v:
-      (fixed if k in MODEL_FIELDS_FIXED else free).append(f"{k}: {saved[k]!r} -> {v!r}")
-  return fixed, free
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def experiment_changes(saved: dict, now: dict) -> tuple[list[str], list[str]]:
-  """(changes this run applies, changes the checkpoint overrides) between
-  two experiment configs (JSON dicts), as `name: old -> new` strings; the
-  model section and launch fields are left out."""
-  a, b = _flat(saved), _flat(now)
-  applied, ignored = [], []
-  for k in sorted(set(a) | set(b)):
-    if k.startswith("model.") or k in FIELDS_OF_THE_LAUNCH or a.get(k) == b.get(k):
-      continue
-    change = f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-    (ignored if k in FIELDS_FROM_CHECKPOINT else applied).append(change)
-  return applied, ignored
-
-
 def validate_config(config, device_count: int, process_count: int) -> None:
   """Raises ValueError (one line) for any value that would crash or silently
   misbehave later in training, before anything is computed."""
