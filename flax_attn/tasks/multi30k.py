@@ -48,78 +48,78 @@ SHA256 = {
 
 
 def default_data_dir() -> Path | None:
-    """``<repo root>/../shared/data/multi30k`` if that directory exists, else None."""
-    path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "multi30k").resolve()
-    return path if path.is_dir() else None
+  """``<repo root>/../shared/data/multi30k`` if that directory exists, else None."""
+  path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "multi30k").resolve()
+  return path if path.is_dir() else None
 
 
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
-    """Bytes at ``url`` (tests replace this function; there is no network there)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+  """Bytes at ``url`` (tests replace this function; there is no network there)."""
+  with urllib.request.urlopen(url, timeout=timeout) as response:
+    return response.read()
 
 
 def download_file(data_dir, name: str) -> Path:
-    """Fetch ``name`` (e.g. ``'val.de'``), gunzip, verify sha256, write atomically."""
-    if name not in SHA256:
-        raise ValueError(f"unknown Multi30k file {name!r}; known: {sorted(SHA256)}")
-    data = gzip.decompress(_fetch(URL_TEMPLATE.format(name=name)))
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != SHA256[name]:
-        raise ValueError(f"sha256 mismatch for {name}: got {digest}, expected {SHA256[name]}")
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, data_dir / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return data_dir / name
+  """Fetch ``name`` (e.g. ``'val.de'``), gunzip, verify sha256, write atomically."""
+  if name not in SHA256:
+    raise ValueError(f"unknown Multi30k file {name!r}; known: {sorted(SHA256)}")
+  data = gzip.decompress(_fetch(URL_TEMPLATE.format(name=name)))
+  digest = hashlib.sha256(data).hexdigest()
+  if digest != SHA256[name]:
+    raise ValueError(f"sha256 mismatch for {name}: got {digest}, expected {SHA256[name]}")
+  data_dir = Path(data_dir)
+  data_dir.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, data_dir / name)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return data_dir / name
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 file without their '\\n' (split on '\\n' only, not on U+2028)."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+  """Lines of a UTF-8 file without their '\\n' (split on '\\n' only, not on U+2028)."""
+  text = path.read_text(encoding="utf-8")
+  lines = text.split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  return lines
 
 
 def load_splits(data_dir, download: bool = False, max_examples: int | None = None,
                 src_lang: str = SRC_LANG, trg_lang: str = TRG_LANG) -> dict[str, Split]:
-    """``{'train', 'val', 'test'[, 'test2017']}``: ``src_lang`` sources, ``trg_lang`` targets.
+  """``{'train', 'val', 'test'[, 'test2017']}``: ``src_lang`` sources, ``trg_lang`` targets.
 
-    Args:
-      data_dir: directory holding (or to receive) the ``<stem>.<lang>`` files.
-      download: fetch missing files instead of raising ``FileNotFoundError``.
-      max_examples: if set, keep only the first ``max_examples`` lines per split.
-      src_lang, trg_lang: ``"de", "en"`` (the default) or ``"en", "de"``.
-    """
-    if data_dir is None:
-        raise ValueError("data_dir is None; pass a directory (see default_data_dir())")
-    if {src_lang, trg_lang} != set(LANGS):
-        raise ValueError(f"src_lang, trg_lang must be 'de', 'en' or 'en', 'de'; "
-                         f"got {src_lang!r}, {trg_lang!r}")
-    data_dir = Path(data_dir)
-    splits = {}
-    for split, stem in SPLIT_FILES.items():
-        names = [f"{stem}.{src_lang}", f"{stem}.{trg_lang}"]
-        missing = [n for n in names if not (data_dir / n).is_file()]
-        if missing and download:
-            for name in missing:
-                download_file(data_dir, name)
-        elif missing and split in OPTIONAL_SPLITS:
-            continue
-        elif missing:
-            raise FileNotFoundError(
-                f"Multi30k file {data_dir / missing[0]} not found; pass download=True to fetch it")
-        src, trg = (_read_lines(data_dir / n) for n in names)
-        if len(src) != len(trg):
-            raise ValueError(f"{data_dir / names[1]} has {len(trg)} lines but "
-                             f"{data_dir / names[0]} has {len(src)}")
-        splits[split] = Split(src=src[:max_examples], trg=trg[:max_examples], refs=None)
-    return splits
+  Args:
+    data_dir: directory holding (or to receive) the ``<stem>.<lang>`` files.
+    download: fetch missing files instead of raising ``FileNotFoundError``.
+    max_examples: if set, keep only the first ``max_examples`` lines per split.
+    src_lang, trg_lang: ``"de", "en"`` (the default) or ``"en", "de"``.
+  """
+  if data_dir is None:
+    raise ValueError("data_dir is None; pass a directory (see default_data_dir())")
+  if {src_lang, trg_lang} != set(LANGS):
+    raise ValueError(f"src_lang, trg_lang must be 'de', 'en' or 'en', 'de'; "
+                     f"got {src_lang!r}, {trg_lang!r}")
+  data_dir = Path(data_dir)
+  splits = {}
+  for split, stem in SPLIT_FILES.items():
+    names = [f"{stem}.{src_lang}", f"{stem}.{trg_lang}"]
+    missing = [n for n in names if not (data_dir / n).is_file()]
+    if missing and download:
+      for name in missing:
+        download_file(data_dir, name)
+    elif missing and split in OPTIONAL_SPLITS:
+      continue
+    elif missing:
+      raise FileNotFoundError(
+          f"Multi30k file {data_dir / missing[0]} not found; pass download=True to fetch it")
+    src, trg = (_read_lines(data_dir / n) for n in names)
+    if len(src) != len(trg):
+      raise ValueError(f"{data_dir / names[1]} has {len(trg)} lines but "
+                       f"{data_dir / names[0]} has {len(src)}")
+    splits[split] = Split(src=src[:max_examples], trg=trg[:max_examples], refs=None)
+  return splits
