@@ -1,62 +1,10 @@
 """Export a training workdir as an inference checkpoint to hand to someone else.
 
-  python experiments/export.py --workdir W --out DIR [--which latest|best]
-      [--average_last K] [--dtype float32|bfloat16]
-
-DIR gets the parameters only (no optimizer state), the tokenizers, the model
-and decode config, the task, the metrics the parameters were measured with,
-the versions used and a manifest of file checksums (see flax_attn/export.py).
-`evaluate.py --workdir DIR`, `translate.py --workdir DIR` and
-`Translator.load(DIR)` read it, from a path or a gs:// URL. Prints one JSON
-line: where it went, its size in bytes, the steps it holds.
-
-Bad usage (a missing workdir, an existing DIR, too few checkpoints to
-average) gives a one-line `error: ...` on stderr and exit code 2.
+The tool is `flax_attn.cli.export` (installed as `flax-attn-export`); this file keeps
+`python experiments/export.py ...` working in a checkout.
 """
 
-import json
-import sys
-
-from absl import app, flags
-from absl import logging as absl_logging
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir")
-flags.DEFINE_string("out", None, "the export folder to write (must not exist)")
-flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of the workdir")
-flags.DEFINE_integer("average_last", 0, "average the newest K steps of checkpoints/ (0: none)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the stored parameters")
-flags.mark_flags_as_required(["workdir", "out"])
-
-
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-
-
-def main(argv):
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}")
-  from flax_attn import export
-  try:
-    record = export.export(FLAGS.workdir, FLAGS.out, which=FLAGS.which,
-                           average_last=FLAGS.average_last, dtype=FLAGS.dtype)
-  except (FileNotFoundError, ValueError) as e:
-    _fail(str(e))
-  manifest = json.loads(export.paths.read_text(export.paths.as_path(FLAGS.out)
-                                               / export.MANIFEST_FILE))
-  size = sum(f["bytes"] for f in manifest.values())
-  print(json.dumps({"out": FLAGS.out, "bytes": size, "dtype": record["dtype"],
-                    "step": record["step"], "steps": record["source"]["steps"]}))
-
+from flax_attn.cli.export import run
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  run()

@@ -27,11 +27,8 @@ def _train(task, workdir, *extra):
 
 
 def _config(name, preset=""):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, REPO / f"experiments/configs/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  from flax_attn import configs
+  return configs.load(f"{REPO}/experiments/configs/{name}.py:{preset}")
 
 
 @pytest.mark.parametrize("name, chosen_by", [
@@ -49,8 +46,7 @@ def test_each_config_picks_best_by_its_own_metric(name, chosen_by):
 
 
 def test_g2p_tiny(tmp_path):
-  sys.path.insert(0, str(REPO / "experiments/configs"))
-  import g2p
+  from flax_attn.configs import g2p
   result = _train("g2p", tmp_path)
   assert set(result["test"]) >= {"wer", "per", "loss", "ppl", "free_running_ppl"}
   assert 0.0 <= result["test"]["wer"] <= 100.0

@@ -236,11 +236,8 @@ def test_best_by_free_running_ppl_also_after_resuming_a_run_that_chose_by_anothe
 
 
 def _dates_config(preset: str = "tiny"):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("dates_config", REPO / "experiments/configs/dates.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  from flax_attn import configs
+  return configs.load(f"dates:{preset}")
 
 
 def test_host_stays_at_most_steps_in_flight_ahead_of_the_device(tmp_path):

@@ -29,14 +29,8 @@ CONFIGS = ("dates", "g2p")
 
 
 def _load_config(name: str) -> ml_collections.ConfigDict:
-  import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from flax_attn import configs
+  return configs.load(name)
 
 
 def _new_run(config, workdir):

@@ -12,17 +12,12 @@ A train step costs about its padded width, so the ratio is the epoch's cost.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
 
 from flax_attn import from_config
 from flax_attn import input_pipeline as ip
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import multi30k  # noqa: E402
-import multi30k_tutorial  # noqa: E402
+from flax_attn.configs import multi30k, multi30k_tutorial
 
 
 def quantile_widths(widths: np.ndarray, num_buckets: int, multiple: int = 4) -> tuple[int, ...]:

@@ -1,22 +1,8 @@
 """multi30k_en_de: English->German Multi30k, the `multi30k` config turned round.
 
-Every setting is `multi30k`'s (chosen on the de->en validation set): cased
-SentencePiece BPE of 3,000 pieces per language with byte fallback, GRUs of
-512, dropout 0.4 / out_dropout 0.3, label smoothing 0.1, warmup + cosine over
-16 epochs, 8 length buckets. The last 10 epoch checkpoints are kept, so that
-they can be averaged (`experiments/export.py --average_last`).
+The config itself is `flax_attn/configs/multi30k_en_de.py` (installed with the package:
+`flax-attn-train --config multi30k_en_de` finds it by name); this file keeps
+`--config experiments/configs/multi30k_en_de.py` working.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import multi30k  # noqa: E402
-
-
-def get_config(preset: str = ""):
-  c = multi30k.get_config(preset)
-  c.task_kwargs.src_lang, c.task_kwargs.trg_lang = "en", "de"
-  c.keep_checkpoints = 10 if not preset else c.keep_checkpoints
-  c.heatmap_example = "A man in an orange hat starring at something."
-  return c
+from flax_attn.configs.multi30k_en_de import get_config  # noqa: F401

@@ -1,11 +1,8 @@
-"""reverse: random token strings -> the same tokens reversed (see synthetic.py)."""
+"""reverse: random token strings -> the same tokens reversed (see synthetic.py).
 
-import os
-import sys
+The config itself is `flax_attn/configs/reverse.py` (installed with the package:
+`flax-attn-train --config reverse` finds it by name); this file keeps
+`--config experiments/configs/reverse.py` working.
+"""
 
-sys.path.insert(0, os.path.dirname(__file__))
-from synthetic import synthetic_config  # noqa: E402
-
-
-def get_config(preset: str = ""):
-  return synthetic_config("reverse", preset)
+from flax_attn.configs.reverse import get_config  # noqa: F401

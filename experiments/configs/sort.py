@@ -1,11 +1,8 @@
-"""sort: random token strings -> the same tokens sorted (see synthetic.py)."""
+"""sort: random token strings -> the same tokens sorted (see synthetic.py).
 
-import os
-import sys
+The config itself is `flax_attn/configs/sort.py` (installed with the package:
+`flax-attn-train --config sort` finds it by name); this file keeps
+`--config experiments/configs/sort.py` working.
+"""
 
-sys.path.insert(0, os.path.dirname(__file__))
-from synthetic import synthetic_config  # noqa: E402
-
-
-def get_config(preset: str = ""):
-  return synthetic_config("sort", preset)
+from flax_attn.configs.sort import get_config  # noqa: F401

@@ -4,11 +4,7 @@ Used for attention sanity checks and tests; `reverse.py` and `sort.py` pick
 the task.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from common import apply_tiny, base_config  # noqa: E402
+from flax_attn.configs.common import apply_tiny, base_config, with_preset
 
 
 def synthetic_config(task: str, preset: str = ""):
@@ -28,9 +24,9 @@ def synthetic_config(task: str, preset: str = ""):
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
   c.heatmap_example = "a b c d e f g h"
-  if preset == "tiny":
-    c.task_kwargs.update(num_train=512, num_val=64, num_test=64)
-    apply_tiny(c, steps=20)
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
-  return c
+  return with_preset(c, preset, tiny)
+
+
+def tiny(c) -> None:
+  c.task_kwargs.update(num_train=512, num_val=64, num_test=64)
+  apply_tiny(c, steps=20)

@@ -1,5 +1,7 @@
 """Fields shared by every experiment config (each task file overrides some)."""
 
+from typing import Callable
+
 import ml_collections
 
 from flax_attn import decode_config
@@ -65,6 +67,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.coordinator_address = ""
   c.num_processes = 0
   c.process_id = 0
+  return c
+
+
+PRESETS = ("", "tiny")
+
+
+def with_preset(c: ml_collections.ConfigDict, preset: str,
+                tiny: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.ConfigDict:
+  """`c` as preset `preset` asks: "" the config itself, "tiny" after
+  `tiny(c)`; another name is a one-line ValueError."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} (use '' or 'tiny')")
+  if preset == "tiny":
+    tiny(c)
   return c
 
 
