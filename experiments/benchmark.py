@@ -12,7 +12,8 @@
 The pieces live in experiments/bench/: harness.py (shapes, FLOPs, timed
 cases), flax_cases.py and torch_cases.py (what is timed), compare.py (the
 interleaved run and its report), sweep.py, profile.py and loop.py. The PyTorch models
-are tests/torch_seq2seq.py (the tutorial's code) and tests/torch_hoisted.py.
+are flax_attn/reference/torch_seq2seq.py (the tutorial's code) and
+flax_attn/reference/torch_hoisted.py.
 
 Setting (the same on both sides, printed with the results):
   * shapes of bentrevett/pytorch-seq2seq tutorial 4: batch 128, vocabularies
@@ -34,7 +35,8 @@ Setting (the same on both sides, printed with the results):
     `flax_attn.beam.beam_search`;
   * PyTorch peers, `torch.optim.Adam` and `clip_grad_norm_`, greedy under
     no_grad, no beam search: `torch_tutorial` is the tutorial's loop
-    (`tests/torch_seq2seq.py`); `torch_hoisted` (`tests/torch_hoisted.py`)
+    (`flax_attn.reference.torch_seq2seq`); `torch_hoisted`
+    (`flax_attn.reference.torch_hoisted`)
     shares its weights and is written the way joeynmt writes Bahdanau
     attention: keys projected once per sentence, embedding gates and output
     projection outside the loop under teacher forcing; `torch_hoisted_compiled`
@@ -71,7 +73,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
-for _p in (_REPO, _HERE, os.path.join(_REPO, "tests")):
+for _p in (_REPO, _HERE):
   if _p not in sys.path:
     sys.path.insert(0, _p)
 

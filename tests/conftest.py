@@ -15,7 +15,9 @@ chex.set_n_cpu_devices(4)
 # changes nothing on the CPU (experiments/results/gpu_h200/, TPU_SETUP.md).
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# Make `tests.torch_seq2seq` importable as `torch_seq2seq` from every test file.
+# Make the test helpers (`_runs`, `conftest.require_torch`) importable by name
+# from every test file, whatever pytest's import mode (the PyTorch reference
+# models live in the package: `from flax_attn.reference import torch_seq2seq`).
 sys.path.insert(0, os.path.dirname(__file__))
 
 REQUIRE_TORCH_ENV = "FLAX_ATTN_REQUIRE_TORCH"

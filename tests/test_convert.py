@@ -11,8 +11,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax_attn import Seq2Seq  # noqa: E402
 from flax_attn.convert import params_from_torch  # noqa: E402
 from flax_attn.greedy import greedy_decode  # noqa: E402
-
-import torch_seq2seq  # noqa: E402
+from flax_attn.reference import torch_seq2seq  # noqa: E402
 
 PAD, BOS, EOS = 1, 2, 3
 

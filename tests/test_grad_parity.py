@@ -1,8 +1,9 @@
 """Loss, gradient and optimiser-step parity with PyTorch autograd.
 
-The PyTorch port of the tutorial (`tests/torch_seq2seq.py`) with random
-weights, converted by `flax_attn.convert.params_from_torch`, on a padded batch
-of mixed source and target lengths, teacher forcing 1 and dropout off:
+The PyTorch port of the tutorial (`flax_attn.reference.torch_seq2seq`) with
+random weights, converted by `flax_attn.convert.params_from_torch`, on a
+padded batch of mixed source and target lengths, teacher forcing 1 and
+dropout off:
 
 * the loss is the token mean of the cross entropy over real target tokens
   (the tutorial's `CrossEntropyLoss(ignore_index=PAD)`; ours
@@ -36,8 +37,7 @@ from flax_attn import Seq2Seq, parallel  # noqa: E402
 from flax_attn.convert import params_from_torch  # noqa: E402
 from flax_attn.loss import cross_entropy_sums  # noqa: E402
 from flax_attn.optimizer import make_optimizer  # noqa: E402
-
-import torch_seq2seq  # noqa: E402
+from flax_attn.reference import torch_seq2seq  # noqa: E402
 
 PAD, BOS, EOS = 1, 2, 3
 SIZES = dict(src_vocab=30, trg_vocab=25, emb=6, enc_hid=8, dec_hid=10)

@@ -1,8 +1,9 @@
-"""`tests/torch_hoisted.py` computes the tutorial port's function with its weights.
+"""`flax_attn.reference.torch_hoisted` computes the tutorial port's function with
+its weights.
 
 The hoisted peer (keys once per sentence, embedding gates before and the
-output projection after the loop) against `tests/torch_seq2seq.py` on a
-padded batch of mixed source and target lengths, random weights (std 0.5, so
+output projection after the loop) against `flax_attn.reference.torch_seq2seq`
+on a padded batch of mixed source and target lengths, random weights (std 0.5, so
 that logits and gradients are O(1) and a wrong piece shows above float32
 tolerances): eval-mode logits, every parameter's gradient, greedy tokens, and
 train-mode dropout under one seed where the CPU's dropout stream allows.
@@ -17,9 +18,8 @@ torch = require_torch()
 
 import torch.nn.functional as F  # noqa: E402
 
-import torch_hoisted  # noqa: E402
-import torch_seq2seq  # noqa: E402
-from torch_hoisted import HoistedSeq2Seq  # noqa: E402
+from flax_attn.reference import torch_hoisted, torch_seq2seq  # noqa: E402
+from flax_attn.reference.torch_hoisted import HoistedSeq2Seq  # noqa: E402
 
 PAD, BOS, EOS = 1, 2, 3
 SIZES = dict(src_vocab=30, trg_vocab=29, emb=8, enc_hid=16, dec_hid=16)

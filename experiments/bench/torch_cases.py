@@ -1,8 +1,8 @@
 """The PyTorch peers' timed cases, and the weights both sides start from.
 
 Peers (all from the same initial weights, each with its own copy to train):
-  torch_tutorial           tests/torch_seq2seq.py, the tutorial's loop;
-  torch_hoisted            tests/torch_hoisted.py, the same function with
+  torch_tutorial           flax_attn.reference.torch_seq2seq, the tutorial's loop;
+  torch_hoisted            flax_attn.reference.torch_hoisted, the same function with
                            joeynmt-style hoisting (keys once, embedding gates
                            and output projection outside the loop);
   torch_hoisted_compiled   that model under `torch.compile` (its forward for
@@ -26,8 +26,7 @@ from flax_attn.convert import params_from_torch
 try:
   import torch
   import torch.nn.functional as F
-  import torch_hoisted  # tests/torch_hoisted.py
-  import torch_seq2seq  # tests/torch_seq2seq.py
+  from flax_attn.reference import torch_hoisted, torch_seq2seq
 except ImportError:
   torch = None
 

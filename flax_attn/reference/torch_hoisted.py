@@ -47,6 +47,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from flax_attn.reference import torch_seq2seq
+
 MASK_VALUE = -1e10  # the tutorial's masked_fill value for padded source positions
 
 
@@ -183,7 +185,6 @@ class HoistedSeq2Seq(nn.Module):
 
 def build(**kwargs) -> tuple[nn.Module, HoistedSeq2Seq]:
   """`torch_seq2seq.build(**kwargs)` and its hoisted peer, sharing weights."""
-  import torch_seq2seq  # tests/ on sys.path, as for the tests and the benchmark
   tutorial = torch_seq2seq.build(**kwargs)
   return tutorial, HoistedSeq2Seq(tutorial)
 
