@@ -214,35 +214,20 @@ class Checkpoints:
     checkpoint's step and meta (it may raise `IncompatibleCheckpoint`). Returns (step, state, meta),
     or None when there is no checkpoint at all.
     """
-    damaged: list[tuple[int, str]] = []
-    for step in self.steps():
-      try:
-        meta = self.read_meta(step)
-      except Exception as e:
-        damaged.append((step, f"meta: {first_cause(e)}"))
-        continue
-      abstract = abstract_state_for(step, meta)
-      try:
-        self._check_structure(step, abstract, meta)
-      except IncompatibleCheckpoint:
-        raise
-      except Exception as e:
-        damaged.append((step, f"state metadata: {first_cause(e)}"))
-        continue
-      try:
-        state = self._restore_state(step, abstract)
-      except Exception as e:
-        damaged.append((step, f"state: {first_cause(e)}"))
-        continue
+    def read(step: int) -> tuple[Any, dict]:
+      meta = _readable(lambda: self.read_meta(step), "meta")
+      abstract = abstract_state_for(step, meta)  # may raise IncompatibleCheckpoint
+      _readable(lambda: self._check_structure(step, abstract, meta), "state metadata")
+      return _readable(lambda: self._restore_state(step, abstract), "state"), meta
+
+    step, restored, damaged = _newest_readable(self.steps(), read)
+    if step is not None:
       for bad, cause in damaged:
         self._move_aside(bad, cause)
-      return step, state, meta
+      return step, *restored
     if damaged:
-      step, cause = damaged[0]
-      raise RestoreError(
-          f"checkpoint step {step} in {self.directory} could not be restored ({cause})"
-          + (f", nor could {len(damaged) - 1} older step(s)" if len(damaged) > 1 else "")
-          + "; nothing was changed: fix or move the directory, or use another --workdir")
+      raise RestoreError(_none_readable(damaged, self.directory, "restored")
+                         + "; nothing was changed: fix or move the directory, or use another --workdir")
     return None
 
   def _move_aside(self, step: int, cause: str) -> None:
@@ -263,6 +248,44 @@ class Checkpoints:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+class _Unreadable(Exception):
+  """A checkpoint step that cannot be read; the message says what and why."""
+
+
+def _readable(read: Callable[[], Any], part: str = "") -> Any:
+  """`read()`, with any failure but `IncompatibleCheckpoint` as `_Unreadable`."""
+  try:
+    return read()
+  except IncompatibleCheckpoint:
+    raise
+  except Exception as e:
+    raise _Unreadable(f"{part}: {first_cause(e)}" if part else first_cause(e)) from e
+
+
+def _newest_readable(steps: list[int], read: Callable[[int], Any],
+                     on_failure: Callable[[int, str], None] | None = None
+                     ) -> tuple[int | None, Any, list[tuple[int, str]]]:
+  """The one "newest step that reads" loop: `read(step)` over `steps`
+  (newest first) until one does not raise `_Unreadable`. Returns (step,
+  what it read, [(step, cause)] of the newer steps that failed), or (None,
+  None, every failure)."""
+  failures = []
+  for step in steps:
+    try:
+      return step, read(step), failures
+    except _Unreadable as e:
+      failures.append((step, str(e)))
+      if on_failure is not None:
+        on_failure(step, str(e))
+  return None, None, failures
+
+
+def _none_readable(failures: list[tuple[int, str]], directory, verb: str) -> str:
+  step, cause = failures[0]
+  return (f"checkpoint step {step} in {directory} could not be {verb} ({cause})"
+          + (f", nor could {len(failures) - 1} older step(s)" if len(failures) > 1 else ""))
 
 
 def _step_dirs(directory: epath.Path) -> list[int]:
@@ -309,18 +332,17 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None,
   next older one (with a warning); `ValueError` if none reads.
   """
   directory, candidates = find_checkpoint(path, step, which)
-  causes = []
+
+  def warn(s: int, cause: str) -> None:
+    if len(candidates) > 1:
+      logging.warning("checkpoint step %d in %s could not be read (%s); trying an older one",
+                      s, directory, cause)
+
   with read_only_manager(directory) as mngr:
-    for s in candidates:
-      try:
-        out = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                      meta=ocp.args.JsonRestore()))
-        return s, out["state"]["params"], out["meta"]
-      except Exception as e:
-        causes.append((s, first_cause(e)))
-        if len(candidates) > 1:
-          logging.warning("checkpoint step %d in %s could not be read (%s); trying an older one",
-                          s, directory, causes[-1][1])
-  s, cause = causes[0]
-  raise ValueError(f"checkpoint step {s} in {directory} could not be read ({cause})"
-                   + (f", nor could {len(causes) - 1} older step(s)" if len(causes) > 1 else ""))
+    def read(s: int) -> dict:
+      return _readable(lambda: mngr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())))
+    s, out, causes = _newest_readable(candidates, read, on_failure=warn)
+  if s is None:
+    raise ValueError(_none_readable(causes, directory, "read"))
+  return s, out["state"]["params"], out["meta"]

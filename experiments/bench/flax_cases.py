@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.harness import Case, Shapes
 from flax_attn import parallel
-from flax_attn import train as train_lib
+from flax_attn import steps as steps_lib
 from flax_attn.beam import beam_search
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.greedy import greedy_decode
@@ -34,11 +34,11 @@ def train_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes, seed: in
   masked cross entropy, clip_by_global_norm(1.0), Adam 1e-3, state donated."""
   tx = make_optimizer("adam", 1e-3, clip_norm=1.0)
   params = jax.tree.map(jnp.array, params)
-  state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=tx.init(params), rng=jax.random.PRNGKey(seed),
                                lr_scale=jnp.ones((), jnp.float32))
   batch = device_batch(config, batch_np)
-  step = parallel.pmap(functools.partial(train_lib.train_step, model_config=config, tx=tx,
+  step = parallel.pmap(functools.partial(steps_lib.train_step, model_config=config, tx=tx,
                                          teacher_forcing=1.0))
   holder = [parallel.replicate(state, 1)]
 
