@@ -72,15 +72,20 @@ def average_params(params_list: Sequence[Any]) -> Any:
   return jax.tree.map(mean, *params_list)
 
 
-def _final_metrics(workdir, step: int) -> dict:
-  """The final-evaluation rows of `metrics.jsonl` for `step` (split -> metrics)."""
+def _final_metrics(workdir, step: int, averaged_steps: Sequence[int] | None = None) -> dict:
+  """The final-evaluation rows of `metrics.jsonl` for the parameters of
+  `step` (split -> metrics), or for the average of `averaged_steps` when a
+  run averaged them itself (config `average_last`)."""
   log = paths.as_path(workdir) / "metrics.jsonl"
   if not log.exists():
     return {}
   out = {}
   for line in paths.read_text(log).splitlines():
     row = json.loads(line)
-    if row.get("final") and row.get("step") == step and row.get("split") not in (None, "summary"):
+    same = (row.get("averaged_steps") == list(averaged_steps) if averaged_steps
+            else not row.get("averaged_steps"))
+    if (row.get("final") and row.get("step") == step and same
+        and row.get("split") not in (None, "summary")):
       out[row["split"]] = {k: v for k, v in row.items() if k not in ("step", "split", "final")}
   return out
 
@@ -144,23 +149,40 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, which: str = "lat
   if out.exists():
     raise ExportError(f"{out} exists already; exports are written to a new folder")
   if average_last > 1:
-    directory, steps = ckpt_lib.find_checkpoint(workdir, None, "latest")
-    if len(steps) < average_last:
-      raise ExportError(f"average_last={average_last} but {directory} holds {len(steps)} "
-                        f"step(s) {sorted(steps)}; train with keep_checkpoints >= {average_last}")
-    steps = sorted(steps[:average_last])
-    loaded = [ckpt_lib.load_for_inference(workdir, s, "latest") for s in steps]
-    params = average_params([p for _, p, _ in loaded])
-    step, meta = steps[-1], loaded[-1][2]
-    metrics = {}  # averaged parameters were never evaluated by the run
+    steps, params, meta = average_last_steps(workdir, average_last)
+    step = steps[-1]
   else:
     step, params, meta = ckpt_lib.load_for_inference(workdir, None, which)
     steps = [step]
-    metrics = _final_metrics(workdir, step)
+  return write_export(out, params, meta, workdir, which, steps,
+                      _final_metrics(workdir, step, steps if len(steps) > 1 else None), dtype)
+
+
+def average_last_steps(workdir: str | os.PathLike, k: int) -> tuple[list[int], Any, dict]:
+  """(the newest `k` steps of the workdir's `checkpoints/`, oldest first,
+  their averaged parameters, the newest step's meta). `ExportError` when
+  fewer than `k` steps were kept."""
+  directory, steps = ckpt_lib.find_checkpoint(workdir, None, "latest")
+  if len(steps) < k:
+    raise ExportError(f"average_last={k} but {directory} holds {len(steps)} "
+                      f"step(s) {sorted(steps)}; train with keep_checkpoints >= {k}")
+  steps = sorted(steps[:k])
+  loaded = [ckpt_lib.load_for_inference(workdir, s, "latest") for s in steps]
+  return steps, average_params([p for _, p, _ in loaded]), loaded[-1][2]
+
+
+def write_export(out: str | os.PathLike, params: Any, meta: dict, workdir: str | os.PathLike,
+                 which: str, steps: Sequence[int], metrics: dict,
+                 dtype: str = "float32") -> dict:
+  """Writes `params` (of checkpoint `meta`, from `steps` of `workdir`,
+  averaged when there are several) and their `metrics` as an export
+  folder `out`; returns the record written to `export.json`."""
+  out = paths.as_path(out)
   if dtype != "float32":
     params = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.dtype(dtype)), params)
+  steps = [int(s) for s in steps]
   record = {
-      "format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
+      "format": FORMAT, "format_version": FORMAT_VERSION, "step": steps[-1],
       "source": {"workdir": os.fspath(workdir), "which": which, "steps": steps,
                  "averaged": len(steps) > 1},
       "dtype": dtype, "metrics": metrics, "versions": versions(),

@@ -123,6 +123,12 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   for name in ("num_train_steps", "num_epochs", "eval_max_examples"):
     value = config.get(name)
     need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+  average_last = config.average_last
+  need(isinstance(average_last, int) and average_last >= 0,
+       f"average_last must be an integer >= 0, got {average_last!r}")
+  need(average_last <= config.keep_checkpoints,
+       f"average_last={average_last} needs keep_checkpoints >= {average_last}, "
+       f"got {config.keep_checkpoints}")
   need(config.num_train_steps > 0 or config.num_epochs > 0,
        "set num_train_steps or num_epochs (both are 0)")
   for name in ("batch_size", "eval_batch_size"):

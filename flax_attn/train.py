@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import tqdm
 
 from flax_attn import checkpoint as ckpt_lib
+from flax_attn import export as export_lib
 from flax_attn import from_config, parallel, paths, plot
 from flax_attn.decode_config import DecodeConfig
 from flax_attn.evaluation import evaluate_split, pmapped_eval
@@ -56,6 +57,9 @@ from flax_attn.translator import Translator
 # `log_every_steps` window (on a slow CPU, 50 steps of 5 s each outlast most
 # grace periods: Kubernetes' default is 30 s).
 STEPS_IN_FLIGHT = 2
+
+# Where a run with `average_last` > 1 writes its averaged parameters (an export).
+AVERAGED_DIR = "averaged"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,6 +110,7 @@ class Run:
     self.is_main = parallel.is_main_process()
     self.watch = watch or Stopwatch()
     self.decode = DecodeConfig.from_experiment(config)  # the final evaluation's settings
+    self.averaged_steps: list[int] = []  # what the final evaluation averaged (average_last)
     self.step = int(state.step)
     self.last_saved = self.step if meta is not None else None
     self.plateau = Plateau(**meta["plateau"]) if meta else Plateau(
@@ -218,7 +223,11 @@ class Run:
         on_batch=self.preemption.check)
     row = {"step": self.step, "split": split_name,
            **{k: v for k, v in result.items() if not k.endswith("signature")}}
-    self.log.write({**row, "final": True, "decode": self.decode.to_dict()} if final else row)
+    if final:
+      row.update(final=True, decode=self.decode.to_dict())
+      if self.averaged_steps:
+        row["averaged_steps"] = self.averaged_steps
+    self.log.write(row)
     if final and self.is_main:
       paths.write_text(self.workdir / f"{split_name}.hyp.txt", "\n".join(hyps) + "\n")
     return result
@@ -236,12 +245,43 @@ class Run:
       self.rstate = self.rstate.replace(lr_scale=jnp.full_like(self.rstate.lr_scale, scale))
     self.save(val)
 
+  def average_last_checkpoints(self) -> None:
+    """With `average_last` K > 1, the final evaluation's parameters become
+    the mean of the newest K checkpoints (never saved as a training
+    checkpoint: a rerun resumes from the trained ones)."""
+    k = self.config.average_last
+    if k <= 1:
+      return
+    with self.watch("average"):
+      self.ckpts.wait()
+      steps, params, _ = export_lib.average_last_steps(self.workdir, k)
+      self.averaged_steps = steps
+      self.rstate = self.rstate.replace(params=parallel.replicate(params))
+
+  def export_averaged(self, final: dict) -> None:
+    """`workdir/averaged/`: the averaged parameters as an export (what
+    `evaluate.py --workdir W/averaged` and `Translator.load` read), with the
+    final evaluation's metrics."""
+    if not self.averaged_steps or not self.is_main:
+      return
+    out = self.workdir / AVERAGED_DIR
+    if out.exists():  # a rerun of a finished run writes it again
+      out.rmtree()
+    meta = self.meta_record()
+    export_lib.write_export(out, jax.device_get(parallel.first_copy(self.rstate.params)), meta,
+                            self.workdir, "latest", self.averaged_steps,
+                            {k: {m: v for m, v in r.items() if not m.endswith("signature")}
+                             for k, r in final.items()})
+
   def final_outputs(self) -> dict:
     final = {}
+    self.average_last_checkpoints()
     with self.watch("final_eval"):
       for split_name in self.config.final_eval_splits:
         if split_name in self.splits:
           final[split_name] = self.evaluate(split_name, final=True)
+    with self.watch("checkpoint"):
+      self.export_averaged(final)
     with self.watch("figures"):
       if self.is_main:
         plot.training_curves(self.log.rows, self.workdir / "curves.png")

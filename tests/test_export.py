@@ -113,3 +113,43 @@ def test_export_cli_errors(workdir, tmp_path, args, expected):
   (tmp_path / "again").mkdir()
   rc, _, err = _cli("export.py", f"--workdir={workdir}", *[a.format(tmp=tmp_path) for a in args])
   assert rc == 2 and err.startswith("error:") and expected in err and "Traceback" not in err
+
+
+def test_a_run_with_average_last_evaluates_and_exports_the_average(workdir, tmp_path):
+  """`average_last=3` on the finished 40-step run (rerun: nothing left to
+  train, so only the final evaluation runs): its final rows name steps
+  20, 30, 40, their parameters are the mean of those checkpoints, and
+  `workdir/averaged` is an export that evaluate.py scores the same."""
+  import shutil
+
+  from _runs import DATES_40, run, train_cmd
+  wd = tmp_path / "run"
+  shutil.copytree(workdir, wd)
+  out = run(train_cmd(wd, *DATES_40, "--config.average_last=3"))
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+  finals = {r["split"]: r for r in rows if r.get("final") and r["split"] in ("val", "test")}
+  assert [r["averaged_steps"] for r in finals.values()] == [[20, 30, 40]] * 2
+  e_step, e_params, e_meta = export.load_export(wd / "averaged")
+  assert e_step == 40 and e_meta["source"]["steps"] == [20, 30, 40]
+  want = export.average_params([ckpt_lib.load_for_inference(wd, s)[1] for s in (20, 30, 40)])
+  for a, b in zip(jax.tree.leaves(e_params), jax.tree.leaves(want)):
+    assert np.array_equal(a, b)
+  latest = ckpt_lib.load_for_inference(wd)[1]
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(latest),
+                                                      jax.tree.leaves(want)))
+  assert e_meta["metrics"]["test"]["loss"] == finals["test"]["loss"] == result["test"]["loss"]
+  rc, stdout, err = _cli("evaluate.py", f"--workdir={wd / 'averaged'}", "--split=test")
+  assert rc == 0, err[-3000:]
+  assert json.loads(stdout)["exact_match"] == finals["test"]["exact_match"]
+  # The latest checkpoint is still the trained one: `export --which latest`
+  # without averaging does not claim the averaged figures.
+  assert export.export(wd, tmp_path / "plain")["metrics"] == {}
+
+
+def test_average_last_beyond_keep_checkpoints_is_a_config_error():
+  from flax_attn import configs, from_config
+  config = configs.load("dates:tiny")
+  config.average_last = 4
+  with pytest.raises(ValueError, match=r"^config: average_last=4 needs keep_checkpoints >= 4"):
+    from_config.validate_config(config, 1, 1)

@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.average_last = 0         # >1: the final evaluation averages the newest K checkpoints
+                             # (needs keep_checkpoints >= K) and writes them to workdir/averaged/
   c.eval_batch_size = 256
   c.eval_max_examples = 0    # 0: whole split during training evals
   c.final_eval_splits = ("val", "test")
