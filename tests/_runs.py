@@ -4,16 +4,30 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The repo first, then whatever PYTHONPATH the tests were given (dependencies
 # installed with `pip --target`, say, as on a machine with no pip install -e).
-# Child processes compile for themselves (FLAX_ATTN_COMPILATION_CACHE=off): a
-# test of compile counts or timings must not depend on what ran before it.
-ENV = {**os.environ, "XLA_FLAGS": "", "FLAX_ATTN_COMPILATION_CACHE": "off",
+# Child processes share one JAX compilation cache per test session (both
+# xdist workers: the folder is named by the run's id), so the many small
+# `dates:tiny` runs compile each step once, not once per process: a cached
+# executable is the same program, so no figure changes. Tests of compile
+# counts or timings pass `NO_CACHE` instead.
+# (conftest names the run and removes the folder at the end.)
+
+
+def compile_cache_dir(run_id: str) -> str:
+  return os.path.join(tempfile.gettempdir(), f"flax_attn_tests_jax_cache_{run_id}")
+
+
+COMPILE_CACHE = compile_cache_dir(os.environ.get("PYTEST_XDIST_TESTRUNUID")
+                                  or os.environ.get("FLAX_ATTN_TEST_RUN") or str(os.getpid()))
+ENV = {**os.environ, "XLA_FLAGS": "", "FLAX_ATTN_COMPILATION_CACHE": COMPILE_CACHE,
        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+NO_CACHE = {**ENV, "FLAX_ATTN_COMPILATION_CACHE": "off"}
 # How long a child process may take before a test calls it hung. Generous on
 # purpose: a CI machine has run this suite 4x slower than a development one
 # (a tiny g2p run took 71 s here and over 300 s there), and a slow machine is
@@ -110,3 +124,16 @@ def finish(p, timeout=TIMEOUT):
     texts.append(f.read())
     f.close()
   return tuple(texts)
+
+
+def cli_cases(tool: str, cases: list[list[str]], tmp_dir, env=None) -> list[tuple[int, str, str]]:
+  """(exit code, stdout, stderr) of `flax_attn.cli.<tool>` on each argument
+  list, all in one process (`_cli_cases.py`)."""
+  import json
+  cases_file = Path(tmp_dir) / f"{tool}_cases.json"
+  cases_file.write_text(json.dumps(cases))
+  p = subprocess.run([sys.executable, str(REPO / "tests/_cli_cases.py"), tool, str(cases_file)],
+                     env=env or ENV, capture_output=True, text=True, timeout=TIMEOUT,
+                     stdin=subprocess.DEVNULL)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return [tuple(r) for r in json.loads(p.stdout.strip().splitlines()[-1])]

@@ -1,7 +1,9 @@
 """Test setup: 4 fake CPU devices (before any JAX op) and shared helpers."""
 
 import os
+import shutil
 import sys
+import uuid
 
 import chex
 import jax
@@ -21,6 +23,31 @@ jax.config.update("jax_default_matmul_precision", "highest")
 sys.path.insert(0, os.path.dirname(__file__))
 
 REQUIRE_TORCH_ENV = "FLAX_ATTN_REQUIRE_TORCH"
+
+
+def pytest_configure(config):
+  """Names this test run (shared with the xdist workers), which names the
+  compilation cache its child processes share (`_runs.ENV`)."""
+  if hasattr(config, "workerinput"):
+    return
+  run_id = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
+  if hasattr(config.option, "testrunuid"):
+    config.option.testrunuid = run_id
+  os.environ["FLAX_ATTN_TEST_RUN"] = run_id
+
+
+def pytest_unconfigure(config):
+  if not hasattr(config, "workerinput"):
+    from _runs import compile_cache_dir
+    shutil.rmtree(compile_cache_dir(os.environ.get("FLAX_ATTN_TEST_RUN", "")), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """A test that needs a trained run (the `dates_run` fixture, ~40 s once per
+  worker) belongs to the slow tier even without its own mark."""
+  for item in items:
+    if "dates_run" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
 
 
 def require_torch():

@@ -133,7 +133,7 @@ def test_init_params_takes_flax_order_and_the_old_one():
 # ---- type hints and packaging -----------------------------------------------------------
 
 # The modules this issue covers; each public function and method has a return type.
-TYPED_MODULES = ["attention", "beam", "config", "decode", "decoder", "deferred", "encoder", "gru",
+TYPED_MODULES = ["attention", "beam", "config", "decoder", "deferred", "encoder", "greedy", "gru",
                  "model", "parallel"]
 
 
@@ -156,7 +156,7 @@ def _public_callables():
 
 def test_public_functions_have_return_types():
   found = dict(_public_callables())
-  assert {"model.init_params", "decode.greedy_decode", "beam.beam_search",
+  assert {"model.init_params", "greedy.greedy_decode", "beam.beam_search",
           "attention.AdditiveAttention.__call__", "gru.GRUCell.initialize_carry",
           "config.Seq2SeqConfig.from_dict"} <= set(found)
   missing = [name for name, f in found.items()

@@ -36,6 +36,7 @@ def test_flops_per_token_at_tutorial_sizes():
   assert harness.model_flops(128, 24, 24, hoisted=False)["forward"] > f["forward"]
 
 
+@pytest.mark.slow
 def test_run_gives_complete_positive_records(capsys):
   shapes = harness.Shapes(**TINY)
   peers = ("torch_tutorial", "torch_hoisted")
@@ -93,6 +94,7 @@ def test_write_sweep(tmp_path):
   assert os.path.getsize(png) > 0
 
 
+@pytest.mark.slow
 def test_profile_times_every_part():
   from bench import profile
   out = profile.run_profile(harness.Shapes(**TINY), repeats=1, unrolls=(1, 2))

@@ -1,8 +1,10 @@
-"""experiments/evaluate.py and experiments/translate.py on a tiny `dates` run:
-every bad input is a one-line `error: ...` with exit code 2, never a traceback.
+"""The command-line tools (`flax_attn.cli`, run as `experiments/*.py`) on the
+shared `dates:tiny` run: every bad input is a one-line `error: ...` with exit
+code 2, never a traceback.
 
-Runs everywhere (no Multi30k needed): one `dates:tiny` training (~20 s) is
-shared by the module; each CLI call is a fresh Python process (~1-3 s).
+Runs everywhere (no Multi30k needed). Each contract (an answer, stdin
+handling, a progress bar) is a fresh Python process; the error messages of a
+tool are checked in one process per tool (`_cli_cases.py`).
 """
 
 import json
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-from _runs import ENV, TIMEOUT  # noqa: E402
+from _runs import ENV, TIMEOUT, cli_cases as _cli_cases  # noqa: E402
 
 
 def _cli(script, *args, stdin=b""):
@@ -37,13 +39,12 @@ def _assert_usage_error(result, expected: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("dates_tiny")
-  p = subprocess.run([sys.executable, str(REPO / "experiments/train.py"),
-                      f"--config={REPO / 'experiments/configs/dates.py'}:tiny",
-                      f"--workdir={workdir}"],
-                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
-  assert p.returncode == 0, p.stderr[-3000:]
+def run_dir(dates_run, tmp_path_factory):
+  """A copy of the shared 40-step `dates:tiny` run (the tools write outputs
+  into it)."""
+  import shutil
+  workdir = tmp_path_factory.mktemp("cli") / "run"
+  shutil.copytree(dates_run, workdir)
   return workdir
 
 
@@ -82,11 +83,17 @@ EVALUATE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args,expected", [c[1:] for c in EVALUATE_ERRORS],
+@pytest.fixture(scope="module")
+def evaluate_errors(run_dir, files, tmp_path_factory):
+  cases = [[a.format(run=run_dir, d=files) for a in c[1]] for c in EVALUATE_ERRORS]
+  results = _cli_cases("evaluate", cases, tmp_path_factory.mktemp("evaluate_cases"))
+  return dict(zip([c[0] for c in EVALUATE_ERRORS], results))
+
+
+@pytest.mark.parametrize("case,expected", [(c[0], c[2]) for c in EVALUATE_ERRORS],
                          ids=[c[0] for c in EVALUATE_ERRORS])
-def test_evaluate_errors(run_dir, files, args, expected):
-  args = [a.format(run=run_dir, d=files) for a in args]
-  _assert_usage_error(_cli("evaluate.py", *args), expected)
+def test_evaluate_errors(evaluate_errors, case, expected):
+  _assert_usage_error(evaluate_errors[case], expected)
 
 
 def test_evaluate_src_ref(run_dir, files):
@@ -95,11 +102,13 @@ def test_evaluate_src_ref(run_dir, files):
   assert rc == 0, err[-3000:]
   result = json.loads(out.strip().splitlines()[-1])
   assert result["task"] == "dates" and result["split"] == "src.txt"
-  assert result["examples"] == 2 and result["beam_size"] == 1 and result["step"] == 20
-  assert 0.0 <= result["exact_match"] <= 100.0
+  assert result["examples"] == 2 and result["beam_size"] == 1 and result["step"] == 40
   output = Path(result["output"])
   assert output.parent == run_dir and output.is_file()
-  assert len(output.read_text().splitlines()) == 2
+  hyps = output.read_text().splitlines()
+  assert len(hyps) == 2
+  refs = (files / "ref.txt").read_text().splitlines()
+  assert result["exact_match"] == 100.0 * sum(h == r for h, r in zip(hyps, refs)) / 2
 
 
 TRANSLATE_ERRORS = [
@@ -115,11 +124,18 @@ TRANSLATE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args,expected", [c[1:] for c in TRANSLATE_ERRORS],
+@pytest.fixture(scope="module")
+def translate_errors(run_dir, files, tmp_path_factory):
+  cases = [[a.format(run=run_dir, d=files) for a in c[1]] + ["3 march 1998"]
+           for c in TRANSLATE_ERRORS]
+  results = _cli_cases("translate", cases, tmp_path_factory.mktemp("translate_cases"))
+  return dict(zip([c[0] for c in TRANSLATE_ERRORS], results))
+
+
+@pytest.mark.parametrize("case,expected", [(c[0], c[2]) for c in TRANSLATE_ERRORS],
                          ids=[c[0] for c in TRANSLATE_ERRORS])
-def test_translate_errors(run_dir, files, args, expected):
-  args = [a.format(run=run_dir, d=files) for a in args]
-  _assert_usage_error(_cli("translate.py", *args, stdin=b"3 march 1998\n"), expected)
+def test_translate_errors(translate_errors, case, expected):
+  _assert_usage_error(translate_errors[case], expected)
 
 
 def test_translate_non_utf8_stdin(run_dir):
@@ -298,20 +314,36 @@ TRAIN_USAGE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args,expected", [c[1:] for c in TRAIN_USAGE_ERRORS],
+@pytest.fixture(scope="module")
+def train_usage_errors(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("train_cases")
+  cases = [[a.format(repo=REPO, tmp=tmp / c[0] / "wd") for a in c[1]] for c in TRAIN_USAGE_ERRORS]
+  return tmp, dict(zip([c[0] for c in TRAIN_USAGE_ERRORS], _cli_cases("train", cases, tmp)))
+
+
+@pytest.mark.parametrize("case,expected", [(c[0], c[2]) for c in TRAIN_USAGE_ERRORS],
                          ids=[c[0] for c in TRAIN_USAGE_ERRORS])
-def test_train_usage_errors_name_the_configs(tmp_path, args, expected):
-  args = [a.format(repo=REPO, tmp=tmp_path / "wd") for a in args]
-  rc, out, err = _cli("train.py", *args)
+def test_train_usage_errors_name_the_configs(train_usage_errors, case, expected):
+  tmp, results = train_usage_errors
+  rc, out, err = results[case]
   _assert_usage_error((rc, out, err), expected)
   usage = [x for x in err.splitlines() if x.startswith("usage:")]
   assert len(err.splitlines()) == 2 and len(usage) == 1, err
   for name in ("dates", "g2p", "multi30k", "multi30k_tutorial", "multi30k_en_de", "reverse",
                "sort"):
     assert name in usage[0]
-  assert not (tmp_path / "wd").exists()  # nothing was started
+  assert not (tmp / case / "wd").exists()  # nothing was started
 
 
+def test_train_usage_error_in_a_process_of_its_own(tmp_path):
+  """The contract itself, outside `_cli_cases`: exit code 2, one error line
+  and the usage line."""
+  rc, out, err = _cli("train.py", "--config=nope", f"--workdir={tmp_path / 'wd'}")
+  _assert_usage_error((rc, out, err), "unknown config 'nope'")
+  assert len(err.splitlines()) == 2 and err.splitlines()[1].startswith("usage:")
+
+
+@pytest.mark.slow
 def test_the_configs_decode_group_is_every_clis_default(tmp_path):
   """A run trained with `decode.beam_size=2, decode.alpha=1.0`: its final
   evaluation decodes so, and evaluate.py / translate.py with no decoding

@@ -45,6 +45,7 @@ def test_each_config_picks_best_by_its_own_metric(name, chosen_by):
     assert from_config.best_metric(_config(name, preset)) == chosen_by
 
 
+@pytest.mark.slow
 def test_g2p_tiny(tmp_path):
   from flax_attn.configs import g2p
   result = _train("g2p", tmp_path)
@@ -55,6 +56,7 @@ def test_g2p_tiny(tmp_path):
   assert result["recompiles"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MULTI30K.is_dir(), reason="../shared/data/multi30k not present")
 def test_multi30k_tiny_and_cli(tmp_path):
   result = _train("multi30k", tmp_path, f"--config.data_dir={MULTI30K}")
@@ -82,11 +84,13 @@ def test_multi30k_tiny_and_cli(tmp_path):
   assert (tmp_path / "a.png").is_file()
 
 
+@pytest.mark.slow
 def test_reverse_tiny(tmp_path):
   result = _train("reverse", tmp_path)
   assert "exact_match" in result["test"]
 
 
+@pytest.mark.slow
 def test_a_second_run_loads_its_compiled_steps_from_the_cache(tmp_path):
   """train.py keeps compiled steps in JAX's persistent cache (on by default in
   the CLIs): the same run again, in a fresh process, compiles its train step

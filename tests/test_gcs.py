@@ -20,6 +20,8 @@ import pytest
 from _runs import (DATES_40, ENV, REPO, assert_trees_equal, final_params, kill_after, metric_rows, run,
                    train_cmd)
 
+pytestmark = pytest.mark.slow  # a GCS emulator and training processes
+
 BUCKET = "flax-attn-test"
 
 

@@ -247,6 +247,7 @@ def test_gradients_match_python_loop(params):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unroll", [3, 8])
 def test_scan_unroll_changes_no_result(unroll):
   """`scan_unroll` only changes how XLA loops (3 leaves a remainder on the 5

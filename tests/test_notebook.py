@@ -11,6 +11,8 @@ import json
 import pytest
 from _runs import ENV, REPO, TIMEOUT
 
+pytestmark = pytest.mark.slow  # runs the Colab notebook
+
 NOTEBOOK = REPO / "experiments" / "colab.ipynb"
 
 

@@ -7,8 +7,12 @@ import shutil
 import signal
 import time
 
+import pytest
+
 from _runs import (ENV, assert_trees_equal, final_params, finish, metric_rows, run, spawn,
                    train_cmd, wait_for)
+
+pytestmark = pytest.mark.slow  # several training processes, signals
 
 EXIT_PREEMPTED = 75
 # Slow enough steps (hidden 128) that a signal lands mid-training; a constant

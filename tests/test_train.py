@@ -89,6 +89,7 @@ def test_rejections_are_counted_and_a_streak_stops():
   assert int(acc["streak"]) == 0
 
 
+@pytest.mark.slow
 def test_two_processes_identical(tmp_path):
   import portpicker
   port = portpicker.pick_unused_port()
@@ -173,7 +174,7 @@ def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
   assert metric_rows(wd) == metric_rows(dates_run)
 
 
-@pytest.mark.parametrize("override, message", [
+BAD_CONFIGS = [
     ("--config.eval_batch_size=30", "eval_batch_size=30 must be a multiple of the 4 devices"),
     ("--config.batch_size=30", "batch_size=30 must be a multiple of the 4 devices"),
     ("--config.eval_every_steps=0", "eval_every_steps must be an integer >= 1"),
@@ -183,12 +184,32 @@ def test_exact_resume_after_sigkill_without_duplicate_rows(dates_run, tmp_path):
     ("--config.best_metric=bleu", "best_metric must be one of"),
     ("--config.model.out_dropout=1.0", "model.out_dropout must be in [0, 1), got 1.0"),
     ("--config.model.memory_dropout=-0.1", "model.memory_dropout must be in [0, 1), got -0.1"),
-])
-def test_bad_config_fails_before_training(tmp_path, override, message):
+]
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(tmp_path_factory):
+  """train.py on each bad config, in one process with 4 CPU devices."""
+  from _runs import cli_cases
+  tmp = tmp_path_factory.mktemp("bad_configs")
   env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  p = run(train_cmd(tmp_path / "wd", override), env=env, expect=2)
-  assert message in p.stderr and "Traceback" not in p.stderr
-  assert not (tmp_path / "wd" / "checkpoints").exists()
+  cases = [[f"--config={REPO / 'experiments/configs/dates.py'}:tiny",
+            f"--workdir={tmp / str(i)}", override] for i, (override, _) in enumerate(BAD_CONFIGS)]
+  return tmp, cli_cases("train", cases, tmp, env=env)
+
+
+@pytest.mark.parametrize("i", range(len(BAD_CONFIGS)), ids=[m for _, m in BAD_CONFIGS])
+def test_bad_config_fails_before_training(bad_config_runs, i):
+  tmp, results = bad_config_runs
+  rc, _, stderr = results[i]
+  assert rc == 2 and BAD_CONFIGS[i][1] in stderr and "Traceback" not in stderr, stderr[-3000:]
+  assert not (tmp / str(i) / "checkpoints").exists()
+
+
+def test_a_bad_config_in_a_process_of_its_own(tmp_path):
+  p = run(train_cmd(tmp_path / "wd", "--config.batch_size=0"), expect=2)
+  assert p.stderr.startswith("error: config: batch_size must be an integer >= 1")
+  assert "Traceback" not in p.stderr and not (tmp_path / "wd" / "checkpoints").exists()
 
 
 def test_plateau_reduces_scale():
@@ -198,6 +219,7 @@ def test_plateau_reduces_scale():
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
 
 
+@pytest.mark.slow
 def test_nonfinite_streak_stops_the_run_with_exit_1(tmp_path):
   """A learning rate of 1e30 blows the parameters up after the first step;
   the following steps are rejected (counted in metrics.jsonl) until
@@ -213,6 +235,7 @@ def test_nonfinite_streak_stops_the_run_with_exit_1(tmp_path):
   assert sum(r.get("rejected_steps", 0) for r in rows) >= 1
 
 
+@pytest.mark.slow
 def test_best_by_free_running_ppl_also_after_resuming_a_run_that_chose_by_another(
     dates_run, tmp_path):
   """`best_metric=free_running_ppl`: every validation measures the free-running
@@ -240,6 +263,7 @@ def _dates_config(preset: str = "tiny"):
   return configs.load(f"dates:{preset}")
 
 
+@pytest.mark.slow
 def test_host_stays_at_most_steps_in_flight_ahead_of_the_device(tmp_path):
   """A stop waits for at most `STEPS_IN_FLIGHT` dispatched steps, not for a
   whole log window: whenever a step is dispatched, every earlier step but the
