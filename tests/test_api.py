@@ -106,6 +106,7 @@ def test_config_rejects_other_dtypes(given):
     Seq2SeqConfig(src_vocab_size=11, trg_vocab_size=9, dtype=given)
 
 
+@pytest.mark.slow
 def test_bf16_config_given_as_a_jnp_dtype_runs():
   cfg = Seq2SeqConfig(**{**CFG.to_dict(), "dtype": jnp.bfloat16})
   params = init_params(jax.random.key(0), cfg)

@@ -375,3 +375,16 @@ def test_the_configs_decode_group_is_every_clis_default(tmp_path):
   assert [r.split("\t")[0] for r in out.splitlines()] == ["0", "0"]
   _assert_usage_error(_cli("translate.py", f"--workdir={tmp_path}", "--n_best=3",
                            "3 march 1998"), "--n_best must be between 1 and --beam_size (2")
+
+
+def test_every_tool_answers_a_missing_workdir_in_one_line(tmp_path):
+  """The fast tier's check of evaluate, translate and export (no trained run
+  needed): each names the missing folder, exit code 2."""
+  missing = tmp_path / "does_not_exist"
+  cases = {"evaluate": [f"--workdir={missing}"], "translate": [f"--workdir={missing}", "x"],
+           "export": [f"--workdir={missing}", f"--out={tmp_path / 'out'}"]}
+  for tool, args in cases.items():
+    (result,) = _cli_cases(tool, [args], tmp_path)
+    line = _assert_usage_error(result, str(missing))
+    assert "no such checkpoint or workdir" in line, (tool, line)
+  assert not (tmp_path / "out").exists()

@@ -88,7 +88,7 @@ _RTOL = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("enc_layers", [1, 2, 3])
+@pytest.mark.parametrize("enc_layers", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_seq2seq_gradients_equal_plain_autodiff(enc_layers, dtype):
   """Every parameter's gradient of the project's token-mean loss, deferred vs
   `deferred.disabled()`, per tensor `||a - b|| / ||b|| <= _RTOL[dtype]`."""

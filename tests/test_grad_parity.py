@@ -160,6 +160,7 @@ def test_loss_and_every_gradient_match_torch(enc_layers):
   assert all(np.linalg.norm(g) > 1e-6 for g in g_torch.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("enc_layers", [1, 2])
 def test_optimizer_steps_match_torch(enc_layers):
   """Two steps of clip 1.0 + Adam through `train_step`: each step's parameter

@@ -63,6 +63,7 @@ def test_fused_bfloat16_matmuls_stay_close():
   assert abs(float(got) - float(want)) < 0.02 * abs(float(want))
 
 
+@pytest.mark.slow
 def test_model_features_times_the_projection_are_its_logits():
   config = Seq2SeqConfig(src_vocab_size=13, trg_vocab_size=9, emb_dim=4, enc_hidden=6,
                          dec_hidden=5, attn_dim=7, dropout=0.3)

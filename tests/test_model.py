@@ -172,7 +172,7 @@ class TestJit(chex.TestCase):
     np.testing.assert_allclose(attn, ref_attn, atol=1e-6)
 
 
-@pytest.mark.parametrize("tf", [1.0, 0.5])
+@pytest.mark.parametrize("tf", [pytest.param(1.0, marks=pytest.mark.slow), 0.5])
 def test_gradients_finite_and_nonzero(params, tf):
   src, lengths, trg = _batch()
   cfg = Seq2SeqConfig(**{**CFG.to_dict(), "dropout": 0.3})

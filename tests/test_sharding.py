@@ -64,8 +64,8 @@ def test_constant_carry_fails_the_check_and_varying_like_fixes_it(mesh):
 
 # ---- the model and its gradients -------------------------------------------------------
 
-@pytest.mark.parametrize("teacher_forcing", [1.0, 0.0])
-@pytest.mark.parametrize("defer", [True, False])
+@pytest.mark.parametrize("teacher_forcing", [pytest.param(1.0, marks=pytest.mark.slow), 0.0])
+@pytest.mark.parametrize("defer", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_forward_and_gradients_under_shard_map_equal_plain(mesh, params, teacher_forcing, defer):
   """Logits split over the mesh; the gradient of each device's loss with
   respect to replicated parameters arrives summed over the devices (the
@@ -119,6 +119,7 @@ def _user_loss(p, b):
   return loss_sum, weight_sum
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grads_by", ["autodiff_sum", "vary_and_psum"])
 def test_user_step_under_shard_map_equals_pmap_train_step(mesh, params, grads_by):
   """A data-parallel step written with `jax.shard_map` (replicated parameters,
@@ -193,6 +194,7 @@ def _project_step_under_shard_map(mesh, state, teacher_forcing, layout):
   return s.params, float(m["loss_sum"] / m["weight_sum"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout, teacher_forcing", [
     ("stacked", 0.5), ("stacked", 1.0), ("replicated", 0.5), ("replicated", 1.0),
 ])

@@ -32,6 +32,7 @@ def _tree_close(a, b, **kw):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
+@pytest.mark.slow
 def test_pmap_4_devices_equals_1():
   import jax
   from flax_attn import parallel
@@ -295,6 +296,7 @@ def test_host_stays_at_most_steps_in_flight_ahead_of_the_device(tmp_path):
   assert max(waiting) <= train.STEPS_IN_FLIGHT, waiting
 
 
+@pytest.mark.slow
 def test_free_running_ppl_tutorial_does_not_depend_on_the_evaluation_batches():
   """Per-sentence free-running NLLs come back from every device in global
   order: the tutorial's batch-mean perplexity is the same for any evaluation
