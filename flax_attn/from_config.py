@@ -1,6 +1,6 @@
 """From an experiment config to data, tokenizers and a model config.
 
-The config is an `ml_collections.ConfigDict` (see `experiments/configs/`);
+The config is an `ml_collections.ConfigDict` (see `flax_attn/configs/`);
 this module is the one place that reads its task, tokenizer and model fields.
 """
 
@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_collections
+
 from flax_attn import tokenizers as tok_lib
 from flax_attn.config import DROPOUT_FIELDS, Seq2SeqConfig
+from flax_attn.configs import common as _common
 from flax_attn.decode_config import DecodeConfig
 from flax_attn.tasks import Split
+
+_DEFAULTS = _common.base_config()
 
 # Metric used to pick the best checkpoint, and whether lower is better.
 TASK_METRICS = {
@@ -24,10 +29,18 @@ TASK_METRICS = {
 LOSS_METRICS = ("loss", "ppl", "free_running_ppl", "free_running_ppl_tutorial")
 
 
+def _field(config, name: str) -> Any:
+  """`config.<name>`, or its default (`flax_attn.configs.common`, the one
+  place for defaults) in a config saved before the field existed."""
+  if name in config:
+    return config[name]
+  return _DEFAULTS[name]
+
+
 def best_metric(config) -> tuple[str, str]:
   """(validation metric that picks `workdir/best`, "min" or "max"): the
   config's `best_metric` when set, else the task's own metric."""
-  name = config.get("best_metric") or ""
+  name = _field(config, "best_metric") or ""
   if not name or name == TASK_METRICS[config.task][0]:
     return TASK_METRICS[config.task]
   return name, "min"
@@ -48,8 +61,8 @@ def load_task(config) -> dict[str, Split]:
     return g2p.load_splits(**kw)
   if task == "multi30k":
     from flax_attn.tasks import multi30k
-    data_dir = config.get("data_dir") or multi30k.default_data_dir()
-    return multi30k.load_splits(data_dir, download=bool(config.get("download", False)), **kw)
+    data_dir = _field(config, "data_dir") or multi30k.default_data_dir()
+    return multi30k.load_splits(data_dir, download=bool(_field(config, "download")), **kw)
   raise ValueError(f"unknown task {task!r}; use one of {sorted(TASK_METRICS)}")
 
 
@@ -75,33 +88,34 @@ def fit_tokenizer(kind: str, texts: list[str], config, lang: str = "") -> Any:
     return tok_lib.SentencePieceTokenizer.fit(texts, vocab_size=config.sp_vocab_size,
                                               model_type=config.sp_model_type,
                                               lowercase=config.lowercase,
-                                              byte_fallback=config.get("sp_byte_fallback", False))
+                                              byte_fallback=_field(config, "sp_byte_fallback"))
   raise ValueError(f"unknown tokenizer {kind!r}; use word, char, whitespace or sentencepiece")
 
 
 def fit_tokenizers(config, train: Split):
   """(source tokenizer, target tokenizer) fitted on the training split; with
   `sp_joint` one SentencePiece model fitted on both sides serves as both."""
-  if config.get("sp_joint", False):
+  if _field(config, "sp_joint"):
     if not config.src_tokenizer == config.trg_tokenizer == "sentencepiece":
       raise ValueError("sp_joint needs src_tokenizer = trg_tokenizer = 'sentencepiece'")
     joint = fit_tokenizer("sentencepiece", list(train.src) + list(train.trg), config)
     return joint, joint
-  return (fit_tokenizer(config.src_tokenizer, train.src, config, config.get("src_lang", "")),
-          fit_tokenizer(config.trg_tokenizer, train.trg, config, config.get("trg_lang", "")))
+  return (fit_tokenizer(config.src_tokenizer, train.src, config, _field(config, "src_lang")),
+          fit_tokenizer(config.trg_tokenizer, train.trg, config, _field(config, "trg_lang")))
 
 
 def model_config(config, src_vocab_size: int, trg_vocab_size: int) -> Seq2SeqConfig:
   """`Seq2SeqConfig` from `config.model` and the vocabulary sizes."""
-  m = config.model
+  m = {**_DEFAULTS.model.to_dict(), **dict(config.model)}  # older checkpoints lack newer fields
+  m = ml_collections.ConfigDict(m)
   return Seq2SeqConfig(
       src_vocab_size=src_vocab_size, trg_vocab_size=trg_vocab_size,
       pad_id=tok_lib.PAD_ID, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID,
       emb_dim=m.emb_dim, enc_hidden=m.enc_hidden, dec_hidden=m.dec_hidden,
-      attn_dim=m.attn_dim or None, dropout=m.dropout, out_dropout=m.get("out_dropout", 0.0),
-      memory_dropout=m.get("memory_dropout", 0.0), enc_layers=m.enc_layers,
+      attn_dim=m.attn_dim or None, dropout=m.dropout, out_dropout=m.out_dropout,
+      memory_dropout=m.memory_dropout, enc_layers=m.enc_layers,
       init_std=m.init_std if m.init_std > 0 else None, dtype=m.dtype,
-      scan_unroll=m.get("scan_unroll", 1))
+      scan_unroll=m.scan_unroll)
 
 
 # ---- checks before training starts ------------------------------------------------------
@@ -143,7 +157,7 @@ def validate_config(config, device_count: int, process_count: int) -> None:
   need(0.0 <= config.label_smoothing < 1.0,
        f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
   for name in DROPOUT_FIELDS:
-    rate = config.model.get(name, 0.0)
+    rate = config.model.get(name, _DEFAULTS.model[name])
     need(0.0 <= rate < 1.0, f"model.{name} must be in [0, 1), got {rate}")
   need(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
   need(config.clip_norm >= 0, f"clip_norm must be >= 0 (0: off), got {config.clip_norm}")
@@ -152,11 +166,11 @@ def validate_config(config, device_count: int, process_count: int) -> None:
        f"schedule must be constant, cosine or rsqrt, got {config.schedule!r}")
   need(config.model.dtype in ("float32", "bfloat16"),
        f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
-  need(config.get("plateau_patience", 0) >= 0, "plateau_patience must be >= 0")
+  need(_field(config, "plateau_patience") >= 0, "plateau_patience must be >= 0")
   try:
     DecodeConfig.from_experiment(config)
   except ValueError as e:
     raise ValueError(f"config: {e}") from None
   choices = ("", TASK_METRICS[config.task][0]) + LOSS_METRICS
-  need(config.get("best_metric", "") in choices,
+  need(_field(config, "best_metric") in choices,
        f"best_metric must be one of {choices} for {config.task}, got {config.get('best_metric')!r}")
