@@ -81,7 +81,13 @@ def test_bfloat16_export_decodes_in_bfloat16(workdir, tmp_path):
   def params_bytes(d):
     return sum(p.stat().st_size for p in (d / "params").rglob("*") if p.is_file())
 
-  assert params_bytes(out) < 0.75 * params_bytes(tmp_path / "f32")
+  # The stored arrays are half the size; on disk (a tiny model: Orbax's own
+  # metadata, whose size varies from write to write, is a good part of it)
+  # the folder is smaller.
+  f32 = export.load_export(tmp_path / "f32")[1]
+  stored = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
+  assert 2 * stored(t.params) == stored(f32)
+  assert params_bytes(out) < params_bytes(tmp_path / "f32")
 
 
 def test_evaluating_the_export_equals_the_workdir(workdir, tmp_path):
