@@ -3,12 +3,14 @@
   python experiments/bench/export_sizes.py [--data_dir ../shared/data/multi30k] [CONFIG ...]
 
 For each config it fits the tokenizers on the training split as a run does,
-initialises the parameters (an export of trained parameters has the same
-shapes, hence the same size: Orbax stores them uncompressed) and writes the
-export with `export.write_export` to a temporary folder; it prints one JSON
-line per config: parameter count and bytes of the whole folder (params/,
-export.json with the tokenizers, MANIFEST.json). A trained run's export also
-holds its final metrics in export.json (a few hundred bytes more).
+initialises the parameters and writes the export with `export.write_export`
+to a temporary folder; it prints one JSON line per config: parameter count
+and bytes of the whole folder (params/, export.json with the tokenizers,
+MANIFEST.json). Orbax compresses the arrays, so trained parameters take a
+little more or less room than initialised ones of the same shapes (the
+trained `multi30k_en_de` export: 50,270,469 bytes in float32, 1.0 % more than
+this script's figure), and a trained run's export.json also holds its final
+metrics.
 """
 
 from __future__ import annotations
