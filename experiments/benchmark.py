@@ -10,8 +10,8 @@
   python experiments/benchmark.py --torch_device cuda --fp32_matmul ieee  # on a GPU
 
 The pieces live in experiments/bench/: harness.py (shapes, FLOPs, timed
-cases), flax_cases.py and torch_cases.py (what is timed), compare.py (the
-interleaved run and its report), sweep.py, profile.py and loop.py. The PyTorch models
+cases), flax_cases.py and torch_cases.py (what is timed), compare.py (one
+run and its report), sweep.py, profile.py, interference.py and loop.py. The PyTorch models
 are flax_attn/reference/torch_seq2seq.py (the tutorial's code) and
 flax_attn/reference/torch_hoisted.py.
 
@@ -45,8 +45,10 @@ Setting (the same on both sides, printed with the results):
     `os.cpu_count()`; XLA's CPU client uses one Eigen thread per core by default);
     OMP_WAIT_POLICY defaults to PASSIVE (see below); 'cores' in the table is the
     CPU seconds per wall second the process got, < cpu_count when others compete;
-  * timing: implementations interleaved (A, B, A, B, ...) after a warm-up,
-    medians of `--repeats` timed steps; compile_s is the flax train step's
+  * timing: implementations one after another, each in a block of back-to-back
+    calls (first call, `--warmup` untimed, `--repeats` timed; a step right after
+    the other library's runs 10-15 % slower, `--interference`), medians of the
+    timed steps; compile_s is the flax train step's
     first call minus its second, else the first call minus the steady median;
   * peak RSS: the process's high-water mark (VmHWM, reset before each call
     via /proc/self/clear_refs), the maximum over that measurement's calls; it
@@ -120,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--out_dir", default=os.path.join(_REPO, "experiments", "results"))
   p.add_argument("--profile", action="store_true", help="time parts of the flax train step")
   p.add_argument("--profile_unrolls", default="1,4", help="scan_unroll values for --profile")
+  p.add_argument("--interference", default="",
+                 help="a sequence of train steps to time, F flax_attn, T torch_hoisted, s a "
+                      "2 s sleep (e.g. FFFTFFTTT): each library's step after its own and after "
+                      "the other's")
   p.add_argument("--loop", action="store_true",
                  help="whole training loop (input pipeline included) vs the bare step")
   p.add_argument("--loop_configs", default="dates,g2p")
@@ -155,13 +161,21 @@ def main(argv=None) -> dict[str, Any] | list | None:
     if args.json:
       print(json.dumps({"profile_ms": out}))
     return out
+  if args.interference:
+    from bench import interference
+    out = interference.run_sequence(shapes, args.interference, args.seed, log)
+    for key, ms in out["summary"].items():
+      print(f"{key}: {ms:.0f}")
+    return out
   if args.loop:
     return _loop(args, log)
   if args.sweep:
     from bench import sweep
     peers = _names(args.peers) if args.peers else sweep.SWEEP_PEERS
     records = sweep.run_sweep(shapes, _ints(args.sweep_batches), _ints(args.sweep_trg_lens),
-                              args.sweep_repeats, args.out_dir, peers, args.seed, log)
+                              args.sweep_repeats, args.out_dir, peers, args.seed, log,
+                              " ".join(["python experiments/benchmark.py",
+                                        *(sys.argv[1:] if argv is None else argv)]))
     if args.json:
       for r in records:
         print(json.dumps(r))

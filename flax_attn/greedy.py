@@ -40,16 +40,28 @@ def _greedy(config: Seq2SeqConfig, params, src, src_lengths, max_len: int) -> De
   variables = {"params": params}
   s0, cache = model.apply(variables, src, src_lengths, method=Seq2Seq.encode)
 
-  def step(carry, _):
-    s, token = carry
-    s, logits, attn = model.apply(variables, s, token, cache, method=Seq2Seq.decode_step)
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return (s, token), (token, attn)
+  batch, src_len = src.shape
 
-  # The carry's type follows the inputs (shard_map checks it is the same in and out).
-  bos = varying_like(jnp.full((src.shape[0],), config.bos_id, jnp.int32), s0, cache)
-  _, (tokens_LxB, attn_LxBxS) = jax.lax.scan(step, (s0, bos), None, length=max_len,
-                                             unroll=config.scan_unroll)
+  def cond(carry):
+    i, _, _, done, _, _ = carry
+    return (i < max_len) & ~jnp.all(done)
+
+  def body(carry):
+    i, s, token, done, tokens_LxB, attn_LxBxS = carry
+    s, logits, attn = model.apply(variables, s, token, cache, method=Seq2Seq.decode_step)
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # no softmax: it keeps the order
+    tokens_LxB = jax.lax.dynamic_update_index_in_dim(tokens_LxB, token, i, axis=0)
+    attn_LxBxS = jax.lax.dynamic_update_index_in_dim(attn_LxBxS, attn, i, axis=0)
+    return i + 1, s, token, done | (token == config.eos_id), tokens_LxB, attn_LxBxS
+
+  # Stops when every row has produced EOS (or after max_len steps); `finish`
+  # pads each row after its first EOS, so the steps skipped could not change
+  # the output. The carry is typed like the inputs (shard_map checks it is the
+  # same in and out); under shard_map each device stops when its own rows end.
+  init = varying_like((jnp.array(0, jnp.int32), s0, jnp.full((batch,), config.bos_id, jnp.int32),
+                       jnp.zeros((batch,), bool), jnp.full((max_len, batch), config.pad_id, jnp.int32),
+                       jnp.zeros((max_len, batch, src_len), jnp.float32)), s0, cache)
+  _, _, _, _, tokens_LxB, attn_LxBxS = jax.lax.while_loop(cond, body, init)
   return finish(config, tokens_LxB.T, attn_LxBxS.transpose(1, 0, 2))
 
 
@@ -61,7 +73,8 @@ def greedy_decode(config: Seq2SeqConfig, params: Any, src: jax.Array, src_length
     config: the model's `Seq2SeqConfig`.
     params: its parameters.
     src: `[batch, src_len]` int32; src_lengths: `[batch]`.
-    max_len: number of decoding steps (a row ends at its first EOS).
+    max_len: at most this many decoding steps (a row ends at its first EOS;
+      decoding stops once every row has ended).
 
   Returns:
     `DecodeOutput(tokens, lengths, attention)`.

@@ -45,7 +45,7 @@ def test_run_gives_complete_positive_records(capsys):
   records = result["records"]
   pairs = {(r["impl"], r["what"]) for r in records}
   expected = {(impl, w) for impl in ("flax_attn",) + peers for w in ("train", "greedy")}
-  assert pairs == expected | {("flax_attn", "beam")}
+  assert pairs == expected | {("flax_attn", "beam"), ("torch_hoisted", "beam")}
   for r in records:
     assert set(harness.RECORD_KEYS) <= set(r)
     for key in ("tokens_per_s", "ms_per_step", "peak_rss_mb"):
@@ -58,8 +58,8 @@ def test_run_gives_complete_positive_records(capsys):
   assert [r for r in train if "executed_gflop_per_s" in r][0]["impl"] == "torch_tutorial"
   s = result["summary"]
   assert s["matmul_gflop_per_s_jax"] > 0 and s["train_mflop_per_token"] > 0
-  assert set(s["flax_over_peer_tokens_per_s"]) == {f"{w} vs {p}" for w in ("train", "greedy")
-                                                   for p in peers}
+  assert set(s["flax_over_peer_tokens_per_s"]) == ({f"{w} vs {p}" for w in ("train", "greedy")
+                                                    for p in peers} | {"beam vs torch_hoisted"})
   # The printers run and the JSON lines parse.
   assert "tokens/s" in compare.format_table(records)
   assert "MFLOP/token" in compare.format_summary(result)

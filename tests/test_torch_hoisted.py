@@ -113,6 +113,41 @@ def test_greedy_tokens_match():
   torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+
+def _ban_eos(model):
+  with torch.no_grad():
+    model.decoder.fc_out.bias[EOS] = -1e9
+
+
+def test_beam_of_one_is_greedy():
+  _, hoisted = _models()
+  hoisted.eval()
+  _ban_eos(hoisted)
+  src, src_len, _ = _batch()
+  torch.testing.assert_close(hoisted.beam(src, src_len, BOS, 1, 9),
+                             hoisted.greedy(src, src_len, BOS, 9), rtol=0, atol=0)
+
+
+def test_beam_matches_flax_beam_search_with_eos_banned():
+  """The benchmark's PyTorch beam peer decodes what `flax_attn.beam.beam_search`
+  decodes with the same weights, beam 4, EOS banned, 9 steps; and beam
+  search finds another output than greedy here (the beam does something)."""
+  import jax.numpy as jnp
+
+  from flax_attn.beam import beam_search
+  from flax_attn.convert import params_from_torch
+
+  _, hoisted = _models()
+  hoisted.eval()
+  _ban_eos(hoisted)
+  src, src_len, _ = _batch()
+  got = hoisted.beam(src, src_len, BOS, 4, 9)
+  config, params = params_from_torch(hoisted.state_dict(), pad_id=PAD, bos_id=BOS, eos_id=EOS)
+  out = beam_search(config, params, jnp.asarray(src.T.numpy()), jnp.asarray(src_len.numpy()),
+                    beam_size=4, max_len=9)
+  np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], got.numpy())
+  assert not torch.equal(got, hoisted.greedy(src, src_len, BOS, 9))
+
 def _dropout_draws_concatenate() -> bool:
   """Whether one `[T, B, E]` dropout draw equals T `[1, B, E]` draws in turn
   (PyTorch's serial CPU bernoulli; its MKL path on Intel CPUs reseeds per call)."""

@@ -1,4 +1,4 @@
-"""One interleaved run: flax_attn against the PyTorch peers, and its report."""
+"""One run: flax_attn against the PyTorch peers, and its report."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ WHATS = ("train", "greedy", "beam")
 
 
 def _cases(what: str, models, batch_np, shapes: Shapes, peers, seed: int, log):
-  """flax_attn's case for `what` first, then each peer's (no PyTorch peer has beam search)."""
+  """flax_attn's case for `what` first, then each peer's (beam: the peers in
+  `torch_cases.BEAM_PEERS`)."""
   if what == "train":
     log("compiling the flax train step")
     cases = [flax_cases.train_case(models.config, models.params, batch_np, shapes, seed)]
@@ -26,7 +27,9 @@ def _cases(what: str, models, batch_np, shapes: Shapes, peers, seed: int, log):
     cases = [flax_cases.greedy_case(models.config, models.params, batch_np, shapes)]
     return cases + [torch_cases.greedy_case(models, p, batch_np, shapes) for p in peers]
   if what == "beam":
-    return [flax_cases.beam_case(models.config, models.params, batch_np, shapes)]
+    cases = [flax_cases.beam_case(models.config, models.params, batch_np, shapes)]
+    return cases + [torch_cases.beam_case(models, p, batch_np, shapes, flax_cases.BEAM_SIZE)
+                    for p in peers if p in torch_cases.BEAM_PEERS]
   raise ValueError(f"unknown --what {what!r}; choose from {WHATS}")
 
 
@@ -35,7 +38,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
         log: Callable[[str], None] | None = None, torch_device: str = "cpu",
         fp32_matmul: str = "") -> dict[str, Any]:
   """Times `what` for flax_attn (on jax's default device) and `peers` (on
-  `torch_device`) at `shapes`, interleaved; `fp32_matmul` ("ieee" | "tf32" |
+  `torch_device`) at `shapes`, one after another; `fp32_matmul` ("ieee" | "tf32" |
   "" = each library's default) sets float32 matmul arithmetic on a GPU for
   both. Returns `{"records": [...], "summary": {...}}`."""
   log = log or (lambda msg: None)
@@ -45,8 +48,8 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
   peers, notes = torch_cases.usable_peers(peers, log, torch_device)
   models = torch_cases.build_models(shapes, seed, torch_device)
   batch_np = make_batch(shapes, seed)
-  # The matmul rate is timed interleaved with the train steps (or on its own when
-  # there are none), so it sees the same load from other processes.
+  # The matmul rate is timed in the same run as the train steps (or on its own
+  # when there are none), so it sees the same load from other processes.
   matmul = [matmul_case("jax", matmul_n, matmul_calls),
             matmul_case("torch", matmul_n, matmul_calls, torch_device)]
   records = []
@@ -54,7 +57,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
     cases = _cases(w, models, batch_np, shapes, peers, seed, log)
     if w == "train":
       cases.extend(matmul)
-    log(f"timing {w}: {', '.join(c.impl for c in cases)} interleaved, "
+    log(f"timing {w}: {', '.join(c.impl for c in cases)}  one after another, "
         f"1 first + {warmup} warm-up + {repeats} timed each")
     measure(cases, repeats, warmup)
     records.extend(c.record(shapes) for c in cases if c.what != "matmul")
@@ -71,7 +74,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
         r["executed_gflop_per_s"] = flops[False]["train"] / (r["ms_per_step"] / 1e3) / 1e9
   by = {(r["impl"], r["what"]): r for r in records}
   ratios = {f"{w} vs {p}": by[FLAX, w]["tokens_per_s"] / by[p, w]["tokens_per_s"]
-            for w in ("train", "greedy") for p in peers if (FLAX, w) in by and (p, w) in by}
+            for w in ("train", "greedy", "beam") for p in peers if (FLAX, w) in by and (p, w) in by}
   f = flops[True]
   summary = dict(
       shapes=dataclasses.asdict(shapes), threads=threads, teacher_forcing=1.0, dtype=shapes.dtype,
@@ -114,7 +117,7 @@ def format_summary(result: dict[str, Any]) -> str:
                f"MFLOP/token, train (3x) {s['train_mflop_per_token']:.4g} MFLOP/token, "
                f"{s['train_gflop_per_step']:.4g} GFLOP/step; the tutorial's unhoisted torch "
                f"forward executes {s['torch_executed_forward_mflop_per_token']:.4g} MFLOP/token")
-  lines.append(f"float32 {s['matmul_n']}^3 matmul (interleaved with the train steps): "
+  lines.append(f"float32 {s['matmul_n']}^3 matmul (in the same run as the train steps): "
                f"jax {s['matmul_gflop_per_s_jax']:.1f} GFLOP/s, "
                f"torch {s['matmul_gflop_per_s_torch']:.1f} GFLOP/s")
   for r in result["records"]:

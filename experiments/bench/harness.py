@@ -1,8 +1,8 @@
 """The measuring harness: shapes, FLOP counts, timed cases and random batches.
 
 A `Case` is one (implementation, what) pair whose `fn()` runs one step to
-completion; `measure` times several cases interleaved (A, B, A, B, ...) so
-they see the same load from other processes.
+completion; `measure` times several cases one after another, each in a block
+of back-to-back calls (A, A, A, B, B, B).
 """
 
 from __future__ import annotations
@@ -152,14 +152,18 @@ class Case:
 
 
 def measure(cases: list[Case], repeats: int, warmup: int) -> None:
-  """First call, `warmup` untimed rounds, `repeats` timed rounds; all interleaved."""
+  """Each case in turn, back to back: its first call, `warmup` untimed calls
+  and `repeats` timed calls.
+
+  Not interleaved call by call: a step right after the other library's step
+  runs 10-15 % slower, both ways round (`bench.interference`; PERFORMANCE.md),
+  so each implementation is timed in its own steady state, as a user runs it.
+  """
   for c in cases:
     c.first_s = c.timed_call()
-  for _ in range(warmup):
-    for c in cases:
+    for _ in range(warmup):
       c.fn()
-  for _ in range(max(repeats, 1)):
-    for c in cases:
+    for _ in range(max(repeats, 1)):
       c.times.append(c.timed_call())
 
 

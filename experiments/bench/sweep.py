@@ -16,9 +16,10 @@ SWEEP_PEERS = ("torch_tutorial", "torch_hoisted")  # a compiled peer recompiles 
 
 
 def run_sweep(base: Shapes, batches, trg_lens, repeats: int, out_dir: str, peers=SWEEP_PEERS,
-              seed: int = 0, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+              seed: int = 0, log: Callable[[str], None] | None = None,
+              command: str = "python experiments/benchmark.py --sweep") -> list[dict[str, Any]]:
   """Train step of flax_attn and each of `peers` (names in `torch_cases.PEERS`)
-  at every (batch, trg_len), interleaved; writes sweep.md and sweep.png."""
+  at every (batch, trg_len), one implementation after another; writes sweep.md and sweep.png."""
   log = log or (lambda msg: None)
   torch_cases.set_threads()
   peers, notes = torch_cases.usable_peers(peers, log)
@@ -38,11 +39,12 @@ def run_sweep(base: Shapes, batches, trg_lens, repeats: int, out_dir: str, peers
         r = records[-1]
         log(f"batch {b:4d} trg_len {t:3d} {r['impl']:<24} {r['tokens_per_s']:9.0f} tok/s "
             f"{r['ms_per_step']:9.1f} ms")
-  write_sweep(records, out_dir)
+  write_sweep(records, out_dir, command)
   return records
 
 
-def write_sweep(records: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
+def write_sweep(records: list[dict[str, Any]], out_dir: str,
+                command: str = "python experiments/benchmark.py --sweep") -> tuple[str, str]:
   """sweep.md (tokens/s of each implementation and flax_attn's ratio to each
   other one) and sweep.png (tokens/s against batch, one line per impl and length)."""
   os.makedirs(out_dir, exist_ok=True)
@@ -65,10 +67,10 @@ def write_sweep(records: list[dict[str, Any]], out_dir: str) -> tuple[str, str]:
     fh.write("# Train step throughput (forward + backward + clip + Adam)\n\n"
              "Teacher forcing 1.0, dropout 0.5, src_len "
              f"{records[0]['src_len']}, median of {records[0]['repeats']} timed steps "
-             "after the first, implementations interleaved; "
+             "after the first, each implementation's calls back to back; "
              f"{os.cpu_count()} threads each, OMP_WAIT_POLICY="
              f"{os.environ.get('OMP_WAIT_POLICY')}, 1-min load average at the end "
-             f"{os.getloadavg()[0]:.1f}. Command: `python experiments/benchmark.py --sweep`.\n\n"
+             f"{os.getloadavg()[0]:.1f}. Command: `{command}`.\n\n"
              + "\n".join(lines) + "\n")
   png = os.path.join(out_dir, "sweep.png")
   _plot(by, keys, [FLAX] + peers).savefig(png, dpi=120)

@@ -130,10 +130,11 @@ def torch_batch(batch_np, device: str = "cpu"):
 
 
 def _compiled(models: Models, peer: str, what: str) -> Callable:
-  """The peer's callable for `what` ("forward" or "greedy"); compiled for the
-  `_compiled` peer (once per model and what; inductor recompiles on new shapes)."""
+  """The peer's callable for `what` ("forward", "greedy" or "beam"); compiled
+  for the `_compiled` peer (once per model and what; inductor recompiles on new
+  shapes)."""
   model = models.peers[peer]
-  fn = model if what == "forward" else model.greedy
+  fn = model if what == "forward" else getattr(model, what)
   if not peer.endswith("_compiled"):
     return fn
   key = what
@@ -177,3 +178,31 @@ def greedy_case(models: Models, peer: str, batch_np, shapes: Shapes) -> Case:
     return out
 
   return Case(peer, "greedy", fn, shapes.tokens)
+
+
+BEAM_PEERS = ("torch_hoisted",)  # the tutorial has no beam search; compiling the loop is not tried
+
+
+def beam_case(models: Models, peer: str, batch_np, shapes: Shapes, beam_size: int) -> Case:
+  """`HoistedSeq2Seq.beam`: `beam_size` hypotheses for exactly `trg_len` steps
+  with EOS's logit banned, as `flax_cases.beam_case` decodes (no_grad, eval)."""
+  model = models.peers[peer]
+  beam = _compiled(models, peer, "beam")
+  src, src_len, _ = torch_batch(batch_np, models.device)
+  eos_bias = model.decoder.fc_out.bias
+
+  def fn():
+    model.eval()
+    with torch.no_grad():
+      saved = eos_bias[EOS].item()
+      eos_bias[EOS] = -1e9
+      try:
+        out = beam(src, src_len, BOS, beam_size, shapes.trg_len)
+      finally:
+        eos_bias[EOS] = saved
+    sync(models.device)
+    return out
+
+  return Case(peer, "beam", fn, shapes.tokens, extra={"beam_size": beam_size,
+                                                       "max_len": shapes.trg_len,
+                                                       "eos_banned": True})

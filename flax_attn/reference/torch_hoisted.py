@@ -183,6 +183,46 @@ class HoistedSeq2Seq(nn.Module):
     return torch.stack(out, dim=1)
 
 
+  @torch.no_grad()
+  def beam(self, src_SxB: torch.Tensor, src_len_B: torch.Tensor, bos_id: int, beam_size: int,
+           max_len: int) -> torch.Tensor:
+    """Beam search in which no hypothesis ever finishes: each step extends all
+    `beam_size` hypotheses of a sentence by every token (log-softmax), keeps
+    the best `beam_size` of the `beam_size x V` by total log probability, and
+    after `max_len` steps returns the best one, tokens `[B, max_len]`.
+
+    EOS is an ordinary token here. With EOS's logit banned this is the search
+    `flax_attn.beam.beam_search` makes (every hypothesis runs `max_len` steps,
+    all of one length, so the length penalty cannot reorder them): the
+    benchmark times the two that way, with the same beam size and steps.
+    """
+    dec, w = self.decoder, self._weights()
+    enc_BxSx2H, keys_BxSxD, pad_BxS, s_BxD = self.encode(src_SxB, src_len_B, w)
+    batch, k = src_SxB.shape[1], beam_size
+    # Row b * k + j is hypothesis j of sentence b.
+    enc_BxSx2H, keys_BxSxD, pad_BxS, s_BxD = (x.repeat_interleave(k, dim=0) for x in
+                                              (enc_BxSx2H, keys_BxSxD, pad_BxS, s_BxD))
+    token_B = torch.full((batch * k,), bos_id, dtype=torch.long, device=src_SxB.device)
+    log_p_BxK = torch.full((batch, k), float("-inf"), device=src_SxB.device)
+    log_p_BxK[:, 0] = 0.0  # one hypothesis to start from, not k copies of it
+    seqs_BxT = torch.zeros((batch * k, 0), dtype=torch.long, device=src_SxB.device)
+    first_row_B = torch.arange(batch, device=src_SxB.device)[:, None] * k
+    for _ in range(max_len):
+      emb_BxE = dec.dropout(dec.embedding(token_B))
+      c_Bx2H = self.attend(s_BxD, enc_BxSx2H, keys_BxSxD, pad_BxS, w)
+      gi_Bx3D = F.linear(torch.cat((emb_BxE, c_Bx2H), dim=1), dec.rnn.weight_ih_l0, w["b_ih_3D"])
+      s_BxD = gru_cell(gi_Bx3D, s_BxD, w["w_hh_3DxD"], w["b_hh_3D"])
+      log_probs_BxV = F.log_softmax(dec.fc_out(torch.cat((s_BxD, c_Bx2H, emb_BxE), dim=1)), dim=1)
+      vocab = log_probs_BxV.shape[1]
+      cand = (log_p_BxK.reshape(-1, 1) + log_probs_BxV).reshape(batch, k * vocab)
+      log_p_BxK, index = cand.topk(k, dim=1)
+      parent = (first_row_B + torch.div(index, vocab, rounding_mode="floor")).reshape(-1)
+      token_B = (index % vocab).reshape(-1)
+      s_BxD = s_BxD[parent]
+      seqs_BxT = torch.cat((seqs_BxT[parent], token_B[:, None]), dim=1)
+    return seqs_BxT.reshape(batch, k, max_len)[:, 0]
+
+
 def build(**kwargs) -> tuple[nn.Module, HoistedSeq2Seq]:
   """`torch_seq2seq.build(**kwargs)` and its hoisted peer, sharing weights."""
   tutorial = torch_seq2seq.build(**kwargs)
