@@ -57,7 +57,7 @@ def run(shapes: Shapes = Shapes(), what=WHATS, peers=torch_cases.PEERS, repeats:
     cases = _cases(w, models, batch_np, shapes, peers, seed, log)
     if w == "train":
       cases.extend(matmul)
-    log(f"timing {w}: {', '.join(c.impl for c in cases)}  one after another, "
+    log(f"timing {w}: {', '.join(c.impl for c in cases)} one after another, "
         f"1 first + {warmup} warm-up + {repeats} timed each")
     measure(cases, repeats, warmup)
     records.extend(c.record(shapes) for c in cases if c.what != "matmul")

@@ -56,15 +56,28 @@ def train_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes, seed: in
   return Case(FLAX, "train", fn, shapes.tokens, compile_s=compile_s)
 
 
-def greedy_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
-  """`flax_attn.greedy.greedy_decode`, `trg_len` steps."""
+def _eos_banned(params, config: Seq2SeqConfig):
+  """`params` as jax arrays with EOS's output bias at -1e9 (never chosen)."""
   params = jax.tree.map(jnp.asarray, params)
+  params["decoder"]["out_bias"] = params["decoder"]["out_bias"].at[config.eos_id].set(-1e9)
+  return params
+
+
+def greedy_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
+  """`flax_attn.greedy.greedy_decode`, exactly `trg_len` steps.
+
+  Greedy decoding stops once every row has produced EOS, and untrained
+  weights pick EOS now and then; the PyTorch peers always decode `trg_len`
+  steps. Banning EOS (its output bias -1e9) makes both do the same work.
+  """
+  params = _eos_banned(params, config)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
 
   def fn():
     return jax.block_until_ready(greedy_decode(config, params, src, lengths, shapes.trg_len))
 
-  return Case(FLAX, "greedy", fn, shapes.tokens)
+  return Case(FLAX, "greedy", fn, shapes.tokens, extra={"max_len": shapes.trg_len,
+                                                        "eos_banned": True})
 
 
 def beam_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
@@ -74,8 +87,7 @@ def beam_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
   stops once no live hypothesis can beat a finished one (after ~3 steps).
   Banning EOS (its output bias -1e9) makes every call decode `trg_len` steps.
   """
-  params = jax.tree.map(jnp.asarray, params)
-  params["decoder"]["out_bias"] = params["decoder"]["out_bias"].at[config.eos_id].set(-1e9)
+  params = _eos_banned(params, config)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
 
   def fn():
