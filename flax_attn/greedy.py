@@ -67,7 +67,7 @@ def _greedy(config: Seq2SeqConfig, params, src, src_lengths, max_len: int) -> De
 
 def greedy_decode(config: Seq2SeqConfig, params: Any, src: jax.Array, src_lengths: jax.Array,
                   max_len: int) -> DecodeOutput:
-  """Greedy decoding of a padded batch, `max_len` steps (jit-compiled).
+  """Greedy decoding of a padded batch, at most `max_len` steps (jit-compiled).
 
   Args:
     config: the model's `Seq2SeqConfig`.
