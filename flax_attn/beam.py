@@ -41,7 +41,7 @@ import numpy as np
 
 from flax_attn import decode_config
 from flax_attn.config import Seq2SeqConfig
-from flax_attn.model import Seq2Seq, check_inputs
+from flax_attn.model import Seq2Seq, check_inputs, transposed_out_kernel
 from flax_attn.parallel import varying_like
 
 # Log probability and score of an empty slot (a live beam that does not exist
@@ -136,6 +136,7 @@ def _beam_search(config: Seq2SeqConfig, params, src_BxS: jax.Array, src_lengths_
   s0_BxH, cache = model.apply(variables, src_BxS, src_lengths_B, method=Seq2Seq.encode)
   hidden = s0_BxH.shape[-1]
   beam_cache = jax.tree.map(lambda x: jnp.repeat(x, K, axis=0), cache)  # [B*K, ...]
+  out_kernel_VxF = transposed_out_kernel(params)  # once, not once per step
 
   def can_improve(state: BeamState) -> jax.Array:
     """`[B]`: the sentence is within its limit and a live hypothesis could
@@ -155,7 +156,7 @@ def _beam_search(config: Seq2SeqConfig, params, src_BxS: jax.Array, src_lengths_
     token_BxK = jnp.where(i == 0, config.bos_id, prev)
     s_flat, logits, attn_flat = model.apply(
         variables, state.live_states.reshape(batch * K, hidden), token_BxK.reshape(batch * K),
-        beam_cache, method=Seq2Seq.decode_step)
+        beam_cache, out_kernel_VxF, method=Seq2Seq.decode_step)
     log_probs_BxKxV = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, K, V)
 
     # The best 2K of the K x V extensions (parents' histories with the new step).

@@ -91,10 +91,13 @@ def _recur(w_sh, w_ic, w: _StepWeights, cache: DecoderCache, s_BxH, gi_emb_Bx3H,
 
 
 def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype,
-               out_keep_BxF=None):
+               out_keep_BxF=None, out_kernel_VxF=None):
   """A whole step from an embedded input, reading the parameters as stored:
   returns (s', logits, weights). `out_keep_BxF` (scaled 0/1, `[batch,
-  dec_hidden + 2*enc_hidden]`) is the output dropout's mask on `[s'; c]`."""
+  dec_hidden + 2*enc_hidden]`) is the output dropout's mask on `[s'; c]`.
+  `out_kernel_VxF`, when given, is `out_kernel` transposed, `[trg_vocab,
+  features]`: the output projection then reads it (a decoding loop transposes
+  the kernel once; on a CPU the projection runs faster in that layout)."""
   query = dense(s_BxH, w.w_query, None, dtype)
   gh = dense(s_BxH, w.w_hh, w.b_hh, dtype)
   context, weights = attend(query, cache.keys, w.v, cache.memory, cache.bias, dtype)
@@ -105,7 +108,11 @@ def _full_step(w: _StepWeights, cache: DecoderCache, s_BxH, emb_BxE, dtype,
   if out_keep_BxF is not None:
     state_context = state_context * out_keep_BxF
   features = jnp.concatenate([state_context, emb], axis=-1)
-  return s_new, dense(features, w.w_out, w.b_out, dtype), weights
+  if out_kernel_VxF is None:
+    return s_new, dense(features, w.w_out, w.b_out, dtype), weights
+  logits = jnp.einsum("bf,vf->bv", features.astype(dtype), out_kernel_VxF.astype(dtype),
+                      preferred_element_type=jnp.float32) + w.b_out.astype(jnp.float32)
+  return s_new, logits, weights
 
 
 class _TeacherForcedBody(nn.Module):
@@ -231,13 +238,15 @@ class Decoder(nn.Module):
     return DecoderCache(memory=memory_BxSxM, keys=self.attention.project_keys(memory_BxSxM),
                         bias=mask_bias(mask_BxS))
 
-  def step(self, s_BxH: jax.Array, token_B: jax.Array, cache: DecoderCache
-           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def step(self, s_BxH: jax.Array, token_B: jax.Array, cache: DecoderCache,
+           out_kernel_VxF: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One inference step (no dropout): returns (s', logits `[batch, trg_vocab]`,
-    attention weights `[batch, src_len]`)."""
+    attention weights `[batch, src_len]`). `out_kernel_VxF`: optionally
+    `out_kernel` already transposed (see `transposed_out_kernel`)."""
     w = self._weights()
     emb = jnp.take(w.embedding, token_B, axis=0).astype(jnp.float32)
-    return _full_step(w, cache, s_BxH, emb, self.config.compute_dtype)
+    return _full_step(w, cache, s_BxH, emb, self.config.compute_dtype,
+                      out_kernel_VxF=out_kernel_VxF)
 
   def teacher_forced_features(self, s0_BxH: jax.Array, cache: DecoderCache,
                               trg_in_BxT: jax.Array, train: bool = False

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_attn.config import Seq2SeqConfig
-from flax_attn.model import Seq2Seq, check_inputs
+from flax_attn.model import Seq2Seq, check_inputs, transposed_out_kernel
 from flax_attn.parallel import varying_like
 
 
@@ -41,6 +41,7 @@ def _greedy(config: Seq2SeqConfig, params, src, src_lengths, max_len: int) -> De
   s0, cache = model.apply(variables, src, src_lengths, method=Seq2Seq.encode)
 
   batch, src_len = src.shape
+  out_kernel_VxF = transposed_out_kernel(params)  # once, not once per step
 
   def cond(carry):
     i, _, _, done, _, _ = carry
@@ -48,7 +49,8 @@ def _greedy(config: Seq2SeqConfig, params, src, src_lengths, max_len: int) -> De
 
   def body(carry):
     i, s, token, done, tokens_LxB, attn_LxBxS = carry
-    s, logits, attn = model.apply(variables, s, token, cache, method=Seq2Seq.decode_step)
+    s, logits, attn = model.apply(variables, s, token, cache, out_kernel_VxF,
+                                  method=Seq2Seq.decode_step)
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # no softmax: it keeps the order
     tokens_LxB = jax.lax.dynamic_update_index_in_dim(tokens_LxB, token, i, axis=0)
     attn_LxBxS = jax.lax.dynamic_update_index_in_dim(attn_LxBxS, attn, i, axis=0)

@@ -134,12 +134,22 @@ class Seq2Seq(nn.Module):
     check_inputs(src, src_lengths, config=self.config)
     return self._encode(src, src_lengths, train)
 
-  def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache
+  def decode_step(self, s: jax.Array, token: jax.Array, cache: DecoderCache,
+                  out_kernel_VxF: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step: `(s [batch, dec_hidden], token [batch])` -> `(s', logits
-    [batch, trg_vocab], attention [batch, src_len])`."""
+    [batch, trg_vocab], attention [batch, src_len])`. A decoding loop may pass
+    `transposed_out_kernel(params)`, made once before the loop: same logits,
+    a faster projection on a CPU."""
     chex.assert_rank([s, token], [2, 1])
-    return self.decoder.step(s, token, cache)
+    return self.decoder.step(s, token, cache, out_kernel_VxF)
+
+
+def transposed_out_kernel(params: Any) -> jax.Array:
+  """The output projection's kernel as `[trg_vocab, features]`, materialised
+  (an optimization barrier keeps XLA from folding the transpose back into the
+  matmul), for `Seq2Seq.decode_step(..., out_kernel_VxF=...)` in a loop."""
+  return jax.lax.optimization_barrier(params["decoder"]["out_kernel"].T)
 
 
 def init_params(rng: jax.Array, config: Seq2SeqConfig, src_len: int = 4,
