@@ -56,7 +56,7 @@ def train_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes, seed: in
   return Case(FLAX, "train", fn, shapes.tokens, compile_s=compile_s)
 
 
-def _eos_banned(params, config: Seq2SeqConfig):
+def eos_banned(params, config: Seq2SeqConfig):
   """`params` as jax arrays with EOS's output bias at -1e9 (never chosen)."""
   params = jax.tree.map(jnp.asarray, params)
   params["decoder"]["out_bias"] = params["decoder"]["out_bias"].at[config.eos_id].set(-1e9)
@@ -70,7 +70,7 @@ def greedy_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case
   weights pick EOS now and then; the PyTorch peers always decode `trg_len`
   steps. Banning EOS (its output bias -1e9) makes both do the same work.
   """
-  params = _eos_banned(params, config)
+  params = eos_banned(params, config)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
 
   def fn():
@@ -87,7 +87,7 @@ def beam_case(config: Seq2SeqConfig, params, batch_np, shapes: Shapes) -> Case:
   stops once no live hypothesis can beat a finished one (after ~3 steps).
   Banning EOS (its output bias -1e9) makes every call decode `trg_len` steps.
   """
-  params = _eos_banned(params, config)
+  params = eos_banned(params, config)
   src, lengths = jnp.asarray(batch_np["src"]), jnp.asarray(batch_np["src_lengths"])
 
   def fn():

@@ -8,7 +8,6 @@ Prints min and median ms of 7 calls each and whether tokens and attention are eq
 import os
 import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -16,34 +15,29 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench import flax_cases, torch_cases  # noqa: E402
-from bench.harness import Shapes, make_batch  # noqa: E402
+from bench.harness import Shapes, call_times, make_batch  # noqa: E402
 from flax_attn import greedy  # noqa: E402
 
 
-def _times(fn, n=7):
-  fn()
-  ts = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return 1e3 * min(ts), 1e3 * statistics.median(ts)
+def _min_median_ms(fn):
+  times = call_times(fn, 7)
+  return 1e3 * min(times), 1e3 * statistics.median(times)
 
 
 def main():
   shapes = Shapes()
   models = torch_cases.build_models(shapes)
   batch_np = make_batch(shapes, 0)
-  cfg, params = models.config, flax_cases._eos_banned(models.params, models.config)
+  cfg, params = models.config, flax_cases.eos_banned(models.params, models.config)
   src, lengths = jax.numpy.asarray(batch_np["src"]), jax.numpy.asarray(batch_np["src_lengths"])
   run = lambda: jax.block_until_ready(greedy.greedy_decode(cfg, params, src, lengths, 24))
   new = run()
-  print("transposed kernel (as shipped): min %.0f med %.0f ms" % _times(run))
+  print("transposed kernel (as shipped): min %.0f med %.0f ms" % _min_median_ms(run))
   # The kernel as stored: no transposed copy, and a fresh trace of the decoder.
   greedy.transposed_out_kernel = lambda p: None
   greedy._greedy = jax.jit(greedy._greedy.__wrapped__, static_argnames=("config", "max_len"))
   old = run()
-  print("kernel as stored: min %.0f med %.0f ms" % _times(run))
+  print("kernel as stored: min %.0f med %.0f ms" % _min_median_ms(run))
   print("tokens equal:", bool(np.array_equal(new.tokens, old.tokens)),
         "attention equal:", bool(np.array_equal(new.attention, old.attention)))
 

@@ -151,12 +151,23 @@ class Case:
                 **self.extra)
 
 
+def call_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of `fn` (at least one), after one untimed call."""
+  fn()
+  times = []
+  for _ in range(max(repeats, 1)):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
 def measure(cases: list[Case], repeats: int, warmup: int) -> None:
   """Each case in turn, back to back: its first call, `warmup` untimed calls
   and `repeats` timed calls.
 
   Not interleaved call by call: a step right after the other library's step
-  runs 10-15 % slower, both ways round (`bench.interference`; PERFORMANCE.md),
+  runs 10-15 % slower or faster than after its own (`bench.interference`; PERFORMANCE.md),
   so each implementation is timed in its own steady state, as a user runs it.
   """
   for c in cases:

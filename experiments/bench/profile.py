@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from bench import flax_cases, torch_cases
-from bench.harness import Shapes, make_batch
+from bench.harness import Shapes, call_times, make_batch
 from flax_attn.loss import projected_cross_entropy_sums
 from flax_attn.model import Seq2Seq
-
-
-def _times(fn, repeats: int) -> list[float]:
-  fn()
-  times = []
-  for _ in range(max(repeats, 1)):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return times
 
 
 def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
@@ -55,7 +44,7 @@ def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
 
   def timeit(name, f, *args):
     compiled = jax.jit(f).lower(*args).compile()
-    times = _times(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    times = call_times(lambda: jax.block_until_ready(compiled(*args)), repeats)
     out[name] = dict(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times))
     show(name)
 
@@ -98,7 +87,7 @@ def run_profile(shapes: Shapes, repeats: int = 5, unrolls=(1,), seed: int = 0,
   for unroll in unrolls:
     cfg = dataclasses.replace(config, scan_unroll=unroll)
     case = flax_cases.train_case(cfg, models.params, batch_np, shapes, seed)
-    times = _times(case.fn, repeats)
+    times = call_times(case.fn, repeats)
     name = f"full train step (scan_unroll={unroll})"
     out[name] = dict(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times))
     show(name)
