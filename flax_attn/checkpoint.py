@@ -23,12 +23,9 @@ Restoring never silently starts over:
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -36,7 +33,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flax_attn import parallel, paths
-from flax_attn import tokenizers as tok_lib
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -56,21 +52,6 @@ class IncompatibleCheckpoint(RestoreError):
   def __init__(self, message: str, meta: dict | None = None):
     super().__init__(message)
     self.meta = meta
-
-
-def tokenizer_to_json(tokenizer) -> dict[str, str]:
-  """A tokenizer's saved files as `{filename: base64}` (fits in JSON)."""
-  with tempfile.TemporaryDirectory() as d:
-    tokenizer.save(d)
-    return {name: base64.b64encode(Path(d, name).read_bytes()).decode("ascii")
-            for name in sorted(os.listdir(d))}
-
-
-def tokenizer_from_json(files: dict[str, str]):
-  with tempfile.TemporaryDirectory() as d:
-    for name, data in files.items():
-      Path(d, os.path.basename(name)).write_bytes(base64.b64decode(data))
-    return tok_lib.load_tokenizer(d)
 
 
 def first_cause(e: BaseException, limit: int = 240) -> str:

@@ -23,7 +23,6 @@ parameters, as fairseq's `average_checkpoints.py` and OpenNMT's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -34,12 +33,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_attn import checkpoint as ckpt_lib
-from flax_attn import paths
+from flax_attn import manifest, paths
 
 FORMAT = "flax_attn-export"
 FORMAT_VERSION = 1
 META_FILE = "export.json"
-MANIFEST_FILE = "MANIFEST.json"
+MANIFEST_FILE = manifest.MANIFEST_FILE
 PARAMS_DIR = "params"
 EXPORT_DTYPES = ("float32", "bfloat16")
 
@@ -101,25 +100,6 @@ def versions() -> dict[str, str]:
           "flax": flax.__version__, "optax": optax.__version__,
           "orbax-checkpoint": ocp.__version__ if hasattr(ocp, "__version__") else "",
           "numpy": np.__version__, "python": platform.python_version()}
-
-
-def _files(root) -> list:
-  out = []
-  for child in sorted(root.iterdir(), key=lambda p: p.name):
-    out.extend(_files(child) if child.is_dir() else [child])
-  return out
-
-
-def _manifest(root) -> dict[str, dict]:
-  """{relative path: {sha256, bytes}} of every file under `root` but the manifest."""
-  out = {}
-  for f in _files(root):
-    rel = os.path.relpath(os.fspath(f), os.fspath(root))
-    if rel == MANIFEST_FILE:
-      continue
-    data = f.read_bytes()
-    out[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-  return out
 
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike, which: str = "latest",
@@ -194,7 +174,7 @@ def write_export(out: str | os.PathLike, params: Any, meta: dict, workdir: str |
     checkpointer.save(out / PARAMS_DIR, params)
     checkpointer.wait_until_finished()  # the manifest below must see every file
   paths.write_text(out / META_FILE, json.dumps(record, indent=1, sort_keys=True))
-  paths.write_text(out / MANIFEST_FILE, json.dumps(_manifest(out), indent=1, sort_keys=True))
+  manifest.write(out)
   return record
 
 
@@ -202,27 +182,9 @@ def load_export(path: str | os.PathLike, verify: bool = True) -> tuple[int, dict
   """(step, params as numpy, meta) of an export; `verify` checks every file
   against the manifest first (`ExportError` names the first that differs)."""
   path = paths.as_path(path)
-  paths.refresh(path)
-  try:
-    meta = json.loads(paths.read_text(path / META_FILE))
-  except (OSError, ValueError) as e:
-    raise ExportError(f"{path / META_FILE} cannot be read: {e}") from None
-  if meta.get("format") != FORMAT:
-    raise ExportError(f"{path} is not a flax_attn export (format {meta.get('format')!r})")
-  if meta.get("format_version", 0) > FORMAT_VERSION:
-    raise ExportError(f"{path} is export format {meta['format_version']}; this flax_attn "
-                      f"reads up to {FORMAT_VERSION}: upgrade flax_attn")
+  meta = manifest.read_record(path, META_FILE, FORMAT, FORMAT_VERSION, "export", ExportError)
   if verify:
-    try:
-      want = json.loads(paths.read_text(path / MANIFEST_FILE))
-    except (OSError, ValueError) as e:
-      raise ExportError(f"{path / MANIFEST_FILE} cannot be read: {e}") from None
-    have = _manifest(path)
-    for rel in sorted(set(want) | set(have)):
-      if want.get(rel) != have.get(rel):
-        what = ("is missing" if rel not in have else "is not in the manifest"
-                if rel not in want else "does not match its checksum")
-        raise ExportError(f"{path / rel} {what}: the export is incomplete or was changed")
+    manifest.verify(path, ExportError)
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(path / PARAMS_DIR)
   params = jax.tree.map(np.asarray, params)

@@ -20,6 +20,7 @@ import jax
 import optax
 
 from flax_attn import checkpoint as ckpt_lib
+from flax_attn import tokenizers as tok_lib
 from flax_attn import from_config
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.input_pipeline import TrainBatches, bucket_widths, encode_pairs, example_widths
@@ -123,8 +124,8 @@ def build_setup(config, splits: dict, meta: dict | None = None, step: int = 0,
     IncompatibleCheckpoint: the checkpoint's model has other shapes.
   """
   if meta is not None:
-    src_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["src"])
-    trg_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["trg"])
+    src_tok = tok_lib.from_json(meta["tokenizers"]["src"])
+    trg_tok = tok_lib.from_json(meta["tokenizers"]["trg"])
   else:
     with watch("tokenizers") if watch else contextlib.nullcontext():
       src_tok, trg_tok = from_config.fit_tokenizers(config, splits["train"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from flax_attn import paths
 
@@ -87,3 +87,17 @@ def stream_batches(fd: int, max_lines: int, what: str = "stdin") -> Iterator[lis
       number += len(lines)
     if eof:
       return
+
+
+def check_sentences(sentences) -> list[str]:
+  """The sentences of a `translate()` call as a list; `TypeError` for a
+  single string or a non-string (naming its position)."""
+  if isinstance(sentences, str):
+    raise TypeError("translate() takes a list of strings, not a single string")
+  if not isinstance(sentences, Iterable):
+    raise TypeError(f"translate() takes a list of strings, got {type(sentences).__name__}")
+  sentences = list(sentences)
+  for i, s in enumerate(sentences):
+    if not isinstance(s, str):
+      raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
+  return sentences

@@ -26,11 +26,13 @@ detokenisation for a language, or a plain regex split), ``CharTokenizer`` (one t
 
 from __future__ import annotations
 
+import base64
 import collections
 import io
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -382,3 +384,19 @@ def load_tokenizer(directory) -> Tokenizer:
   if kind not in _KINDS:
     raise ValueError(f"unknown tokenizer kind {kind!r} in {directory}; known: {sorted(_KINDS)}")
   return _KINDS[kind].load(directory)
+
+
+def to_json(tokenizer) -> dict[str, str]:
+  """A tokenizer's saved files as `{filename: base64}` (fits in JSON)."""
+  with tempfile.TemporaryDirectory() as d:
+    tokenizer.save(d)
+    return {name: base64.b64encode(Path(d, name).read_bytes()).decode("ascii")
+            for name in sorted(os.listdir(d))}
+
+
+def from_json(files: dict[str, str]) -> Tokenizer:
+  """The tokenizer `to_json` described."""
+  with tempfile.TemporaryDirectory() as d:
+    for name, data in files.items():
+      Path(d, os.path.basename(name)).write_bytes(base64.b64decode(data))
+    return load_tokenizer(d)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import tqdm
 
 from flax_attn import checkpoint as ckpt_lib
+from flax_attn import tokenizers as tok_lib
 from flax_attn import export as export_lib
 from flax_attn import from_config, parallel, paths, plot
 from flax_attn.decode_config import DecodeConfig
@@ -137,8 +138,8 @@ class Run:
     s = self.s
     return {"step": self.step, "experiment": json.loads(self.config.to_json_best_effort()),
             "model_config": s.model_config.to_dict(),
-            "tokenizers": {"src": ckpt_lib.tokenizer_to_json(s.src_tok),
-                           "trg": ckpt_lib.tokenizer_to_json(s.trg_tok)},
+            "tokenizers": {"src": tok_lib.to_json(s.src_tok),
+                           "trg": tok_lib.to_json(s.trg_tok)},
             "buckets": list(s.buckets), "plateau": dataclasses.asdict(self.plateau),
             "devices": parallel.device_count(), "processes": jax.process_count(),
             "batches_per_epoch": s.batches.batches_per_epoch, "data": s.data,

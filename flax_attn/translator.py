@@ -6,36 +6,26 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_attn import checkpoint as ckpt_lib
+from flax_attn import tokenizers as tok_lib
 from flax_attn import export as export_lib
 from flax_attn.config import Seq2SeqConfig
 from flax_attn.decode_config import DecodeConfig, check
 from flax_attn.greedy import greedy_decode
 from flax_attn.input_pipeline import encode_pairs, eval_batches
+from flax_attn.text_input import check_sentences
 
 
 INFERENCE_DTYPES = ("float32", "bfloat16")
 
 
 logger = logging.getLogger(__name__)  # "flax_attn.translator"
-
-
-def _check_sentences(sentences) -> list[str]:
-  if isinstance(sentences, str):
-    raise TypeError("translate() takes a list of strings, not a single string")
-  if not isinstance(sentences, Iterable):
-    raise TypeError(f"translate() takes a list of strings, got {type(sentences).__name__}")
-  sentences = list(sentences)
-  for i, s in enumerate(sentences):
-    if not isinstance(s, str):
-      raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
-  return sentences
 
 
 class Translator:
@@ -88,12 +78,22 @@ class Translator:
       step, params, meta = ckpt_lib.load_for_inference(workdir_or_checkpoint_dir, step, which)
     try:
       config = Seq2SeqConfig.from_dict(meta["model_config"])
-      src_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["src"])
-      trg_tok = ckpt_lib.tokenizer_from_json(meta["tokenizers"]["trg"])
+      src_tok = tok_lib.from_json(meta["tokenizers"]["src"])
+      trg_tok = tok_lib.from_json(meta["tokenizers"]["trg"])
     except (KeyError, TypeError, ValueError) as e:
       raise ValueError(f"{workdir_or_checkpoint_dir} is not a flax_attn checkpoint: {e}") from None
     max_src_len = int(meta.get("experiment", {}).get("max_src_len", 256))
     return cls(config, params, src_tok, trg_tok, max_src_len, step, meta, dtype)
+
+  def export_serving(self, out: str | os.PathLike, src_widths: Sequence[int] | None = None,
+                     beam_size: int | None = None, platforms: Sequence[str] | None = None) -> dict:
+    """Writes the greedy and beam decoders, with these parameters and decoding
+    settings, as serialized StableHLO to the new folder `out`
+    (`flax_attn.serving.export_serving`); `flax_attn.serving.ServedTranslator`
+    runs it without the model's code."""
+    from flax_attn import serving
+    return serving.export_serving(self, out, src_widths, beam_size,
+                                  serving.DEFAULT_PLATFORMS if platforms is None else platforms)
 
   def _max_len(self, src_len: int, ratio: float, offset: int) -> int:
     return max(1, int(math.ceil(ratio * src_len + offset)))
@@ -199,7 +199,7 @@ class Translator:
     """The `n_best` best (text, score) pairs of each sentence, best first (see
     `translate_ids_nbest`). An empty or blank sentence gives `n_best` pairs
     `("", nan)`."""
-    sentences = _check_sentences(sentences)
+    sentences = check_sentences(sentences)
     keep = [i for i, s in enumerate(sentences) if s.strip()]
     result = [[("", math.nan)] * n_best for _ in sentences]
     if keep:
@@ -218,7 +218,7 @@ class Translator:
     produced, weights `[out_len, src_len]` numpy). An empty or blank
     sentence, which `translate` answers with "", gives `([], [], [0, 0] array)`.
     """
-    (sentence,) = _check_sentences([sentence])
+    (sentence,) = check_sentences([sentence])
     if not sentence.strip():
       return [], [], np.zeros((0, 0), np.float32)
     d = self.settings(max_len_ratio=max_len_ratio, max_len_offset=max_len_offset)

@@ -36,6 +36,11 @@ def test_decoding_is_exported_at_the_top_level():
   assert (beam_search, BeamOutput) == (beam.beam_search, beam.BeamOutput)
   assert {"greedy_decode", "beam_search", "DecodeOutput", "BeamOutput"} <= set(flax_attn.__all__)
   assert all(hasattr(flax_attn, name) for name in flax_attn.__all__)
+  # The names are imported on first use: every one has a home, and no other.
+  assert sorted(flax_attn.__all__) == sorted(flax_attn._WHERE)
+  assert set(flax_attn.__all__) <= set(dir(flax_attn))
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    flax_attn.nope
 
 
 # ---- GRUCell as a flax RNN cell ---------------------------------------------------------

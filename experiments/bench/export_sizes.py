@@ -23,7 +23,7 @@ import tempfile
 import jax
 import numpy as np
 
-from flax_attn import checkpoint as ckpt_lib
+from flax_attn import tokenizers as tok_lib
 from flax_attn import configs, from_config
 from flax_attn import export as export_lib
 from flax_attn.model import init_params
@@ -44,8 +44,8 @@ def sizes(name: str, data_dir: str) -> dict:
   params = jax.device_get(init_params(jax.random.PRNGKey(0), model_config))
   meta = {"experiment": json.loads(config.to_json_best_effort()),
           "model_config": model_config.to_dict(),
-          "tokenizers": {"src": ckpt_lib.tokenizer_to_json(src_tok),
-                         "trg": ckpt_lib.tokenizer_to_json(trg_tok)}, "buckets": []}
+          "tokenizers": {"src": tok_lib.to_json(src_tok),
+                         "trg": tok_lib.to_json(trg_tok)}, "buckets": []}
   row = {"config": name, "params": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
   with tempfile.TemporaryDirectory() as tmp:
     for dtype in export_lib.EXPORT_DTYPES:
