@@ -31,6 +31,10 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# `paths` sets fsspec's `gs://` default (no stale listing cache) on import;
+# it loads etils only.
+from flax_attn import paths as _paths  # noqa: E402,F401
+
 
 def __getattr__(name: str):
   if name in _WHERE:
@@ -41,4 +45,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-  return sorted(list(globals()) + __all__)
+  return sorted(set(globals()) | set(__all__))

@@ -24,7 +24,11 @@ flax_attn runs with the loader of another, as long as jax can deserialize it
 What the modules compute is `Translator.translate` with the same settings: the
 same decoders (`greedy_decode`, `beam_search`), traced once per width. Each
 row's output is cut at its own length limit, `ceil(max_len_ratio * n +
-max_len_offset)` for n source tokens, as `Translator` does.
+max_len_offset)` for n source tokens, as `Translator` does. (The modules are
+compiled for their widths, `Translator` for each batch's; the outputs agree
+up to floating-point rounding, exactly in the tests. A greedy batch stops when
+every row has ended, else at its width's length limit, so a row that never
+ends costs more steps than in `Translator`, not other outputs.)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -96,7 +101,8 @@ def export_serving(translator, out: str | os.PathLike, src_widths: Sequence[int]
   Args:
     src_widths: the source widths to compile for, increasing (default
       `default_widths(translator.max_src_len)`); a sentence runs in the
-      smallest that holds it, and inputs longer than the last are refused.
+      smallest that holds it; `translate` truncates longer sentences to the
+      last (as `Translator` does to `max_src_len`), `translate_ids` refuses them.
     beam_size: the beam module's size (default: the translator's decoding
       settings); 1 writes greedy modules only. alpha and the length limits
       always come from `translator.decode`.
@@ -107,8 +113,11 @@ def export_serving(translator, out: str | os.PathLike, src_widths: Sequence[int]
   from flax_attn.greedy import greedy_decode
 
   d = translator.decode.replace(beam_size=beam_size)
-  widths = tuple(src_widths) if src_widths is not None else default_widths(translator.max_src_len)
-  if not widths or any(not isinstance(w, int) or w < 1 for w in widths) or list(widths) != sorted(set(widths)):
+  widths = (tuple(int(w) if isinstance(w, numbers.Integral) and not isinstance(w, bool) else w
+                  for w in src_widths)
+            if src_widths is not None else default_widths(translator.max_src_len))
+  if (not widths or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1
+                        for w in widths) or list(widths) != sorted(set(widths))):
     raise ServingError(f"src_widths must be increasing positive integers, got {widths!r}")
   out = paths.as_path(out)
   if out.exists():
@@ -148,7 +157,9 @@ def export_serving(translator, out: str | os.PathLike, src_widths: Sequence[int]
       "decode": {"beam_size": d.beam_size, "alpha": d.alpha, "max_len_ratio": d.max_len_ratio,
                  "max_len_offset": d.max_len_offset},
       "buckets": buckets, "platforms": list(platforms),
-      "eos_id": config.eos_id, "pad_id": config.pad_id, "max_src_len": translator.max_src_len,
+      # Longer inputs are truncated to the widest module's width.
+      "eos_id": config.eos_id, "pad_id": config.pad_id,
+      "max_src_len": min(translator.max_src_len, int(widths[-1])),
       "params": {k: str(v.dtype) for k, v in flat.items()},
       "tokenizers": {"src": tok_lib.to_json(translator.src_tokenizer),
                      "trg": tok_lib.to_json(translator.trg_tokenizer)},
@@ -178,7 +189,7 @@ class ServedTranslator:
     path = paths.as_path(path)
     meta = manifest.read_record(path, META_FILE, FORMAT, FORMAT_VERSION, "serving export",
                                 ServingError)
-    backend = jax.default_backend()
+    backend = jax.export.default_export_platform()  # "cuda", not "gpu"
     if backend not in meta["platforms"]:
       raise ServingError(f"{path} was lowered for {meta['platforms']}, not for this machine's "
                          f"{backend!r}: export it again with platforms including {backend!r}")

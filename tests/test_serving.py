@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -104,7 +105,7 @@ def test_bfloat16_serving_equals_the_bfloat16_translator(dates_run, sentences, t
   assert served.translate(sentences) == bf16.translate(sentences)
 
 
-def test_errors(translator, served_dir, tmp_path):
+def test_errors(translator, served_dir, tmp_path, monkeypatch):
   with pytest.raises(ServingError, match="exists already"):
     translator.export_serving(served_dir)
   with pytest.raises(ServingError, match="increasing positive integers"):
@@ -113,12 +114,23 @@ def test_errors(translator, served_dir, tmp_path):
   translator.export_serving(greedy_only, src_widths=(8,), beam_size=1)
   served = ServedTranslator.load(greedy_only)
   assert served.beam_size == 1 and not list(greedy_only.glob("beam*"))
+  # Sentences longer than the widest module are truncated to it, as Translator
+  # truncates to max_src_len.
+  assert served.max_src_len == 8
+  assert len(served.translate(["12 december 2012, a wednesday"])) == 1 and served.truncated == 1
   with pytest.raises(ServingError, match="greedy modules only"):
     served.translate(["1 may 2000"], beam=True)
   with pytest.raises(ServingError, match="input 1 has 9 ids; this export takes 1 to 8"):
     served.translate_ids([np.array([5, 3], np.int32), np.arange(4, 13, dtype=np.int32)])
   with pytest.raises(TypeError, match="not a single string"):
     served.translate("1 may 2000")
+  # jax calls an NVIDIA GPU's platform "cuda" when exporting ("gpu" is its backend).
+  monkeypatch.setattr(jax.export, "default_export_platform", lambda: "cuda")
+  ServedTranslator.load(greedy_only)
+  monkeypatch.setattr(jax.export, "default_export_platform", lambda: "rocm")
+  with pytest.raises(ServingError, match="not for this machine's 'rocm'"):
+    ServedTranslator.load(greedy_only)
+  monkeypatch.undo()
   tpu_only = tmp_path / "tpu"
   translator.export_serving(tpu_only, src_widths=(8,), beam_size=1, platforms=("tpu",))
   with pytest.raises(ServingError, match="lowered for \\['tpu'\\], not for this machine's 'cpu'"):
@@ -141,3 +153,9 @@ def test_export_cli_serving(dates_run, translator, sentences, tmp_path):
   rc, _, err = _export_cli("--workdir", dates_run, "--out", tmp_path / "t", "--serving",
                            "--average_last", "2")
   assert rc == 2 and err.strip().splitlines()[-1].startswith("error: --serving does not average")
+  # From a bfloat16 export, --serving keeps bfloat16 unless --dtype says otherwise.
+  rc, _, err = _export_cli("--workdir", dates_run, "--out", tmp_path / "bf16", "--dtype", "bfloat16")
+  assert rc == 0, err[-2000:]
+  rc, out, err = _export_cli("--workdir", tmp_path / "bf16", "--out", tmp_path / "sb", "--serving")
+  assert rc == 0, err[-2000:]
+  assert json.loads(out.strip().splitlines()[-1])["dtype"] == "bfloat16"

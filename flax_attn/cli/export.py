@@ -33,7 +33,7 @@ flags.DEFINE_string("workdir", None, "training workdir")
 flags.DEFINE_string("out", None, "the export folder to write (must not exist)")
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of the workdir")
 flags.DEFINE_integer("average_last", 0, "average the newest K steps of checkpoints/ (0: none)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the stored parameters")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the stored parameters (with --serving, default: the source's)")
 flags.DEFINE_bool("serving", False, "write a serving export (jax.export modules) instead")
 flags.mark_flags_as_required(["workdir", "out"])
 
@@ -58,7 +58,8 @@ def main(argv):
 def _bytes(out: str) -> int:
   """The size of the folder `out`, from its manifest."""
   from flax_attn import manifest, paths
-  return sum(f["bytes"] for f in manifest.digest(paths.as_path(out)).values())
+  listing = json.loads(paths.read_text(paths.as_path(out) / manifest.MANIFEST_FILE))
+  return sum(f["bytes"] for f in listing.values())
 
 
 def _serving() -> None:
@@ -68,11 +69,14 @@ def _serving() -> None:
     fail("--serving does not average: export with --average_last first, then --serving "
          "from that export")
   try:
-    translator = Translator.load(FLAGS.workdir, which=FLAGS.which, dtype=FLAGS.dtype)
+    # Without --dtype, a bfloat16 export stays bfloat16 (Translator.load's rule).
+    translator = Translator.load(FLAGS.workdir, which=FLAGS.which,
+                                 dtype=FLAGS.dtype if FLAGS["dtype"].present else None)
     record = translator.export_serving(FLAGS.out)
   except (FileNotFoundError, ValueError, ServingError) as e:
     fail(str(e))
-  print(json.dumps({"out": FLAGS.out, "bytes": _bytes(FLAGS.out), "serving": True, "dtype": FLAGS.dtype, "step": record["step"],
+  print(json.dumps({"out": FLAGS.out, "bytes": _bytes(FLAGS.out), "serving": True,
+                    "dtype": ",".join(sorted(set(record["params"].values()))), "step": record["step"],
                     "src_widths": [b["src_width"] for b in record["buckets"]],
                     "beam_size": record["decode"]["beam_size"]}))
 
