@@ -22,9 +22,9 @@ def workdir(dates_run):
   return dates_run
 
 
-def _cli(script, *args):
+def _cli(script, *args, cwd=None):
   p = subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)],
-                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
   return p.returncode, p.stdout, p.stderr
 
 
@@ -108,6 +108,13 @@ def test_evaluating_the_export_equals_the_workdir(workdir, tmp_path):
   assert Path(a["output"]).read_bytes() == Path(b["output"]).read_bytes()
   rc, text, err = _cli("translate.py", f"--workdir={out}", "3 march 1998")
   assert rc == 0 and len(text.splitlines()) == 1, err[-3000:]
+  # Without --out, the output goes to the current folder, not into the export
+  # (whose manifest would then refuse the next load): a second run still loads.
+  for _ in range(2):
+    rc, line, err = _cli("evaluate.py", f"--workdir={out}", "--split=val", cwd=tmp_path)
+    assert rc == 0, err[-3000:]
+  assert json.loads(line)["output"] == str(tmp_path / "exp.val.beam1.hyp.txt")
+  assert not list(out.glob("*.hyp.txt"))
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -17,6 +17,7 @@ checkpoint) gives a one-line `error: ...` on stderr and exit code 2.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -37,7 +38,7 @@ flags.DEFINE_integer("max_len_offset", None, "see --max_len_ratio (default: deco
 flags.DEFINE_enum("which", "latest", ["latest", "best"], "which checkpoint of a workdir")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "inference dtype of weights and matmuls")
 flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
-flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.beam<K>[.alpha<A>][.bfloat16].hyp.txt)")
+flags.DEFINE_string("out", None, "where to write the system output (default: WORKDIR/<split>.beam<K>[.alpha<A>][.bfloat16].hyp.txt; for an export, ./<export name>.<split>...hyp.txt: an export is not written to)")
 flags.mark_flag_as_required("workdir")
 
 
@@ -88,6 +89,7 @@ def evaluate() -> dict:
   import ml_collections
 
   from flax_attn import Translator, from_config, metrics, paths
+  from flax_attn import export as export_lib
   if (FLAGS.src is None) != (FLAGS.ref is None):
     raise UsageError("--src and --ref go together")
   overrides = _decode_overrides()
@@ -117,8 +119,15 @@ def evaluate() -> dict:
     src, refs, name = split.src, split.references(), FLAGS.split
   hyps = _translate_with_progress(translator, src, decode)
   tag = decode.tag + ("" if FLAGS.dtype == "float32" else f".{FLAGS.dtype}")
-  out = paths.as_path(FLAGS.out) if FLAGS.out else (
-      paths.as_path(FLAGS.workdir) / f"{name}{tag}.hyp.txt")
+  if FLAGS.out:
+    out = paths.as_path(FLAGS.out)
+  elif export_lib.is_export(FLAGS.workdir):
+    # An export is checked against its manifest on every load (and may be
+    # someone else's bucket): its output goes to the current folder instead.
+    out = paths.as_path(os.getcwd()) / (
+        f"{paths.as_path(FLAGS.workdir).name}.{name}{tag}.hyp.txt")
+  else:
+    out = paths.as_path(FLAGS.workdir) / f"{name}{tag}.hyp.txt"
   try:
     paths.write_text(out, "\n".join(hyps) + "\n")
   except OSError as e:
