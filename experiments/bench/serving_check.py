@@ -1,10 +1,10 @@
 """A serving export of a trained model against its `Translator`: size, time, outputs.
 
   python experiments/bench/serving_check.py --workdir W --out DIR [--split val]
-      [--data_dir D] [--beam_sentences N]
+      [--data_dir D] [--beam_sentences N] [--beam_size K]
 
 Writes `Translator.load(W).export_serving(DIR)`, then translates the split's
-sources with both, greedy (all sentences) and with the config's beam (the
+sources with both, greedy (all sentences) and with the exported beam (the
 first N), each twice (the second call is timed: compiled), and prints one
 JSON line: the export's bytes and seconds, and per decoding the sentences
 whose outputs are equal and both times in seconds.
@@ -37,11 +37,13 @@ def main() -> None:
   ap.add_argument("--split", default="val")
   ap.add_argument("--data_dir", default=None)
   ap.add_argument("--beam_sentences", type=int, default=256)
+  ap.add_argument("--beam_size", type=int, default=None,
+                  help="the exported beam's width (default: the config's)")
   args = ap.parse_args()
 
   translator = Translator.load(args.workdir)
   start = time.perf_counter()
-  translator.export_serving(args.out)
+  translator.export_serving(args.out, beam_size=args.beam_size)
   export_s = time.perf_counter() - start
   listing = manifest.digest(paths.as_path(args.out))
   served = ServedTranslator.load(args.out)
@@ -57,7 +59,8 @@ def main() -> None:
   if served.beam_size > 1:
     cases.append((f"beam{served.beam_size}", src[:args.beam_sentences], True, None))
   for name, sentences, beam, beam_size in cases:
-    want, t_translator = _timed(lambda s=sentences, k=beam_size: translator.translate(s, beam_size=k))
+    k = beam_size or served.beam_size
+    want, t_translator = _timed(lambda s=sentences, k=k: translator.translate(s, beam_size=k))
     got, t_served = _timed(lambda s=sentences, b=beam: served.translate(s, beam=b))
     result[name] = {"sentences": len(sentences), "equal": sum(a == b for a, b in zip(want, got)),
                     "translator_s": round(t_translator, 2), "served_s": round(t_served, 2)}
