@@ -48,10 +48,17 @@ def test_fully_masked_row_gives_zero_context_and_weights():
   rows = jnp.array([0, 2])
   assert float(jnp.abs(ctx[1]).max()) == 0.0 and float(jnp.abs(w[1]).max()) == 0.0
   np.testing.assert_allclose(w[rows].sum(-1), 1.0, atol=1e-6)
-  # The other rows are what they are without the empty one.
-  ctx2, w2 = layer.apply({"params": params}, q[rows], mem[rows], mask[rows])
-  np.testing.assert_array_equal(ctx[rows], ctx2)
-  np.testing.assert_array_equal(w[rows], w2)
+  # The other rows are what they are when row 1 is not empty: the same shapes
+  # (one compiled program; XLA:CPU may round a batch of 2 differently from a
+  # batch of 3 in the last bit, so dropping the row is not a bitwise check).
+  ctx2, w2 = layer.apply({"params": params}, q, mem, mask.at[1].set(True))
+  np.testing.assert_array_equal(ctx[rows], ctx2[rows])
+  np.testing.assert_array_equal(w[rows], w2[rows])
+  assert float(jnp.abs(ctx2[1]).max()) > 0.0
+  # And without the row, up to that last-bit rounding.
+  ctx3, w3 = layer.apply({"params": params}, q[rows], mem[rows], mask[rows])
+  np.testing.assert_allclose(ctx[rows], ctx3, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(w[rows], w3, rtol=1e-6, atol=1e-7)
   # Gradients stay finite (zero for the empty row's query).
   g = jax.grad(lambda q: layer.apply({"params": params}, q, mem, mask)[0].sum())(q)
   assert np.isfinite(g).all() and float(jnp.abs(g[1]).max()) == 0.0

@@ -91,7 +91,9 @@ def test_write_sweep(tmp_path):
   md, png = sweep.write_sweep(records, str(tmp_path))
   text = open(md).read()
   assert "| 4 | 5 | 1600 | 800 | 400 | 2.00 | 4.00 |" in text
-  assert os.path.getsize(png) > 0
+  assert os.path.getsize(png) > 0 and "Partial" not in text
+  sweep.write_sweep(records, str(tmp_path), planned=6)
+  assert "**Partial: 4 of 6 cells**" in open(md).read()
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ def run_sweep(base: Shapes, batches, trg_lens, repeats: int, out_dir: str, peers
               seed: int = 0, log: Callable[[str], None] | None = None,
               command: str = "python experiments/benchmark.py --sweep") -> list[dict[str, Any]]:
   """Train step of flax_attn and each of `peers` (names in `torch_cases.PEERS`)
-  at every (batch, trg_len), one implementation after another; writes sweep.md and sweep.png."""
+  at every (batch, trg_len), one implementation after another; writes sweep.md and sweep.png
+  after every cell, so a run that is cut off leaves the cells it finished (marked partial)."""
   log = log or (lambda msg: None)
   torch_cases.set_threads()
   peers, notes = torch_cases.usable_peers(peers, log)
@@ -39,14 +40,17 @@ def run_sweep(base: Shapes, batches, trg_lens, repeats: int, out_dir: str, peers
         r = records[-1]
         log(f"batch {b:4d} trg_len {t:3d} {r['impl']:<24} {r['tokens_per_s']:9.0f} tok/s "
             f"{r['ms_per_step']:9.1f} ms")
-  write_sweep(records, out_dir, command)
+      write_sweep(records, out_dir, command, planned=len(batches) * len(trg_lens))
   return records
 
 
 def write_sweep(records: list[dict[str, Any]], out_dir: str,
-                command: str = "python experiments/benchmark.py --sweep") -> tuple[str, str]:
+                command: str = "python experiments/benchmark.py --sweep",
+                planned: int | None = None) -> tuple[str, str]:
   """sweep.md (tokens/s of each implementation and flax_attn's ratio to each
-  other one) and sweep.png (tokens/s against batch, one line per impl and length)."""
+  other one) and sweep.png (tokens/s against batch, one line per impl and length).
+  With `planned` (the grid's cell count) above the cells in `records`, the
+  table says it is partial."""
   os.makedirs(out_dir, exist_ok=True)
   by = {(r["impl"], r["batch"], r["trg_len"]): r for r in records}
   keys = sorted({(r["batch"], r["trg_len"]) for r in records})
@@ -71,6 +75,8 @@ def write_sweep(records: list[dict[str, Any]], out_dir: str,
              f"{os.cpu_count()} threads each, OMP_WAIT_POLICY="
              f"{os.environ.get('OMP_WAIT_POLICY')}, 1-min load average at the end "
              f"{os.getloadavg()[0]:.1f}. Command: `{command}`.\n\n"
+             + (f"**Partial: {len(keys)} of {planned} cells** (the run was cut off or "
+                "is still going).\n\n" if planned and len(keys) < planned else "")
              + "\n".join(lines) + "\n")
   png = os.path.join(out_dir, "sweep.png")
   _plot(by, keys, [FLAX] + peers).savefig(png, dpi=120)
