@@ -152,9 +152,11 @@ def test_a_run_with_average_last_evaluates_and_exports_the_average(workdir, tmp_
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(latest),
                                                       jax.tree.leaves(want)))
   assert e_meta["metrics"]["test"]["loss"] == finals["test"]["loss"] == result["test"]["loss"]
-  rc, stdout, err = _cli("evaluate.py", f"--workdir={wd / 'averaged'}", "--split=test")
+  rc, stdout, err = _cli("evaluate.py", f"--workdir={wd / 'averaged'}", "--split=test",
+                         cwd=tmp_path)  # an export's output goes to the current folder
   assert rc == 0, err[-3000:]
   assert json.loads(stdout)["exact_match"] == finals["test"]["exact_match"]
+  assert (tmp_path / "averaged.test.beam1.hyp.txt").exists()
   # The latest checkpoint is still the trained one: `export --which latest`
   # without averaging does not claim the averaged figures.
   assert export.export(wd, tmp_path / "plain")["metrics"] == {}

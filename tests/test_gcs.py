@@ -142,3 +142,27 @@ def test_gs_listing_sees_objects_written_outside_gcsfs(gcs):
   _upload_outside_gcsfs("listing/best/40/state/d/0")
   assert (best / "40" / "state").exists()
   assert sorted(p.name for p in best.iterdir()) == ["20", "40"]
+
+
+def test_export_to_gs_is_evaluated_and_translated_from_the_bucket(gcs, dates_run, tmp_path,
+                                                                  monkeypatch):
+  """An export written to and read from `gs://` gives the workdir's answers, and
+  evaluating it writes nothing into the export (its manifest stays valid)."""
+  from etils import epath
+  from flax_attn import Translator
+  monkeypatch.chdir(tmp_path)
+  url = f"gs://{BUCKET}/export"
+  _cli("export.py", f"--workdir={dates_run}", f"--out={url}", env=gcs)
+  before = sorted(p.name for p in epath.Path(url).iterdir())
+  assert "MANIFEST.json" in before
+  remote = json.loads(_cli("evaluate.py", f"--workdir={url}", "--split=test", env=gcs).stdout)
+  local = json.loads(_cli("evaluate.py", f"--workdir={dates_run}", "--split=test",
+                          env=gcs).stdout)
+  assert remote["exact_match"] == local["exact_match"] and remote["step"] == local["step"]
+  assert remote["output"] == str(tmp_path / "export.test.beam1.hyp.txt")
+  assert open(remote["output"]).read() == epath.Path(local["output"]).read_text()
+  assert sorted(p.name for p in epath.Path(url).iterdir()) == before
+  lines = "tuesday, 3 march 1998\n12/25/01\n"
+  assert (_cli("translate.py", f"--workdir={url}", env=gcs, stdin=lines).stdout
+          == _cli("translate.py", f"--workdir={dates_run}", env=gcs, stdin=lines).stdout)
+  assert Translator.load(url).step == local["step"]
