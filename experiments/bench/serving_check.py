@@ -57,10 +57,9 @@ def main() -> None:
       "export_s": round(export_s, 1), "beam_size": served.beam_size}
   cases = [("greedy", src, False, 1)]
   if served.beam_size > 1:
-    cases.append((f"beam{served.beam_size}", src[:args.beam_sentences], True, None))
+    cases.append((f"beam{served.beam_size}", src[:args.beam_sentences], True, served.beam_size))
   for name, sentences, beam, beam_size in cases:
-    k = beam_size or served.beam_size
-    want, t_translator = _timed(lambda s=sentences, k=k: translator.translate(s, beam_size=k))
+    want, t_translator = _timed(lambda s=sentences, k=beam_size: translator.translate(s, beam_size=k))
     got, t_served = _timed(lambda s=sentences, b=beam: served.translate(s, beam=b))
     result[name] = {"sentences": len(sentences), "equal": sum(a == b for a, b in zip(want, got)),
                     "translator_s": round(t_translator, 2), "served_s": round(t_served, 2)}
