@@ -22,12 +22,32 @@ from flax_attn.gru import GRUCell, gru_update, weight_init
 from flax_attn.parallel import varying_like
 
 
-def reverse_within_lengths(x_SxBx: jax.Array, lengths_B: jax.Array) -> jax.Array:
-  """Time-major: reverses each row's first `length` steps, padding stays in place."""
+def _reverse(x_SxBx: jax.Array, lengths_B: jax.Array) -> jax.Array:
   t_S = jnp.arange(x_SxBx.shape[0])[:, None]
   idx_SxB = jnp.where(t_S < lengths_B[None, :], lengths_B[None, :] - 1 - t_S, t_S)
   idx = idx_SxB.reshape(idx_SxB.shape + (1,) * (x_SxBx.ndim - 2))
   return jnp.take_along_axis(x_SxBx, idx, axis=0)
+
+
+@jax.custom_vjp
+def reverse_within_lengths(x_SxBx: jax.Array, lengths_B: jax.Array) -> jax.Array:
+  """Time-major: reverses each row's first `length` steps, padding stays in place.
+
+  The permutation is its own inverse, so the gradient is the same gather of
+  the cotangent: equal to autodiff's scatter-add bit for bit, and 2x or more
+  faster on CPU (`experiments/bench/reverse_grad_ab.py`; a few ms of a step)."""
+  return _reverse(x_SxBx, lengths_B)
+
+
+def _reverse_fwd(x_SxBx, lengths_B):
+  return _reverse(x_SxBx, lengths_B), lengths_B
+
+
+def _reverse_bwd(lengths_B, g_SxBx):
+  return _reverse(g_SxBx, lengths_B), None
+
+
+reverse_within_lengths.defvjp(_reverse_fwd, _reverse_bwd)
 
 
 def _bigru_run(dtype, unroll, weights, zs, b_hh_2x1x3H, gi_f_SxBx3H, gi_b_SxBx3H, mask_SxB):

@@ -341,3 +341,22 @@ def test_teacher_forcing_must_be_a_static_float(params):
 def test_special_ids_must_differ(ids):
   with pytest.raises(ValueError, match="pad_id, bos_id and eos_id must differ"):
     Seq2SeqConfig(src_vocab_size=10, trg_vocab_size=10, **ids)
+
+
+def test_reverse_within_lengths_and_its_gather_gradient():
+  """The reversal keeps padding in place, undoes itself, and its custom
+  gradient (a gather) equals autodiff's scatter-add of the plain gather bit for bit."""
+  from flax_attn import encoder
+  x = jax.random.normal(jax.random.key(0), (5, 3, 4))
+  lengths = jnp.array([5, 2, 1])
+  y = encoder.reverse_within_lengths(x, lengths)
+  np.testing.assert_array_equal(y[:, 0], x[::-1, 0])
+  np.testing.assert_array_equal(y[:2, 1], x[1::-1, 1])
+  np.testing.assert_array_equal(y[2:, 1], x[2:, 1])
+  np.testing.assert_array_equal(y[:, 2], x[:, 2])
+  np.testing.assert_array_equal(encoder.reverse_within_lengths(y, lengths), x)
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  got = jax.grad(lambda x: (encoder.reverse_within_lengths(x, lengths) * w).sum())(x)
+  want = jax.grad(lambda x: (encoder._reverse(x, lengths) * w).sum())(x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, encoder.reverse_within_lengths(w, lengths))
