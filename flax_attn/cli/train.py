@@ -22,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from flax_attn import checkpoint, configs, preemption, train
+from flax_attn import configs, heap
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "config name or file, [:preset]",
@@ -88,7 +88,8 @@ def main(argv):
   faulthandler.register(signal.SIGUSR1, all_threads=True)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
   del argv
-  from flax_attn import compilation_cache
+  # Imported here, after `run` set up the allocator: they import JAX.
+  from flax_attn import checkpoint, compilation_cache, preemption, train
   compilation_cache.enable()  # FLAX_ATTN_COMPILATION_CACHE=off to disable
   logging.getLogger().setLevel(logging.WARNING)
   config = FLAGS.config
@@ -117,6 +118,10 @@ def main(argv):
 
 def run() -> None:
   """The `flax-attn-train` console script."""
+  try:
+    heap.keep_freed_memory()  # before JAX's threads start; FLAX_ATTN_KEEP_FREED_MEMORY=0 to disable
+  except ValueError as e:
+    _usage_error(str(e))
   app.run(main, flags_parser=_parse_flags)
 
 
