@@ -5,7 +5,9 @@ are the same.) `--config` takes a published config by name (`dates`, `g2p`,
 `multi30k`, ...: `flax_attn/configs/`) or a file with `get_config(preset)`;
 `--config dates:tiny` picks a preset; `--config.key=value` overrides any
 field. Rerunning the same command in the same workdir resumes from its
-latest checkpoint. `--workdir` may be a `gs://` URL.
+latest checkpoint. `--workdir` may be a `gs://` URL. On Linux (glibc) it
+keeps freed memory for the next step (`flax_attn.heap`;
+`FLAX_ATTN_KEEP_FREED_MEMORY=0` turns that off).
 
 Exit codes: 0 done; 1 training stopped on non-finite losses; 2 bad config,
 or checkpoints that cannot be restored (the message names the step and the
