@@ -1,11 +1,11 @@
-"""glibc told to keep freed memory, on by default for the command-line tools.
+"""glibc told to keep freed memory, on by default in `flax-attn-train`.
 
 XLA's CPU runtime frees its large temporaries after every step. glibc hands
 blocks that large back to the kernel (`munmap`; blocks freed by XLA's worker
 threads go back whatever the mmap limit says, since their arenas map large
 blocks themselves), and the next step page-faults them in again, zeroed. On a
-2-core VM this cost a `multi30k` run 56 M page faults and 140 s of system time
-in 300 steps (PERFORMANCE.md, "Another CPU"). `keep_freed_memory()` does with
+2-core VM this cost a `multi30k` run 56 M page faults and 141 s of system time
+in 300 steps (PERFORMANCE.md, "Freed memory kept"). `keep_freed_memory()` does with
 mallopt(3) what `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`
 do from the environment: one arena for every thread, no mmap for large blocks,
 and freed memory kept for the next step. The price is a higher peak RSS (freed
@@ -13,8 +13,8 @@ blocks are not returned).
 
 It must run before JAX starts its threads (threads keep the arena they
 started with). `$FLAX_ATTN_KEEP_FREED_MEMORY=0` turns it off. Library users
-(`import flax_attn`) are not affected: only the CLIs call it. Elsewhere than
-glibc on Linux it does nothing.
+(`import flax_attn`) and the other CLIs are not affected: only `flax-attn-train`
+calls it. Elsewhere than glibc on Linux it does nothing.
 """
 
 from __future__ import annotations
